@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
-from harness.errors import UserError
 
 
 def reference_from_gguf(gguf_path: Path, dest: Path) -> None:
@@ -17,14 +18,21 @@ def reference_from_gguf(gguf_path: Path, dest: Path) -> None:
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # its per-tensor bar would drown the harness's own
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    except ValueError as exc:  # transformers: "GGUF model with architecture X is not supported yet"
-        raise UnsupportedArchitecture(str(exc).splitlines()[0]) from None
+        # Its GGUF reader draws a bare tqdm bar per tensor that the switch above misses.
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            config = AutoConfig.from_pretrained(folder, gguf_file=name)
+            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except ValueError as exc:
+        if "not supported" not in str(exc):
+            raise
+        # transformers: "GGUF model with architecture X is not supported yet."
+        raise UnsupportedArchitecture(f"transformers cannot read it: {str(exc).splitlines()[0]}") from None
     _save_fresh(config, loaded.state_dict(), tokenizer, dest, torch.float32)
 
 
@@ -85,5 +93,5 @@ def parameter_count(model_dir: Path) -> int:
     return total
 
 
-class UnsupportedArchitecture(UserError):
+class UnsupportedArchitecture(Exception):
     """transformers cannot read this architecture from GGUF: torch and ort variants are skipped."""

@@ -27,7 +27,7 @@ def run_prepare(args) -> int:
         print(f"cache: {result.model_dir}")
     for name, reason in result.skipped.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    return 0
+    return 1 if result.skipped else 0
 
 
 def prepare_with_progress(source, names, cache, threads):

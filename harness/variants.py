@@ -104,9 +104,11 @@ def prepare(
         on_event(spec.name, "building")
         try:
             variant = _build_atomically(spec, source, reader, model_dir, result.variants, threads)
-        except build_torch.UnsupportedArchitecture as exc:
-            result.skipped[spec.name] = str(exc)
-            on_event(spec.name, f"skipped: {exc}")
+        except UserError:
+            raise
+        except Exception as exc:  # one runtime cannot take this model: skip it, build the rest
+            result.skipped[spec.name] = _one_line(exc)
+            on_event(spec.name, f"skipped: {result.skipped[spec.name]}")
             continue
         result.variants[spec.name] = variant
         result.built.append(spec.name)
@@ -151,8 +153,8 @@ def _build_atomically(spec, source, reader, model_dir: Path, done: dict[str, Var
         _fsync_tree(tmp)
         os.rename(tmp, model_dir / spec.name)
         return variant
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+    except Exception as exc:
+        if _disk_full(exc, model_dir):
             raise UserError(
                 f"disk full while building {spec.name} in {model_dir}; free space or pass --cache-dir DIR"
             ) from None
@@ -191,7 +193,12 @@ def _manifest(spec, source, model_dir: Path, tmp: Path, weights: list[Path], don
     path = final / "model.gguf" if spec.runtime == "llamacpp" else final
     size = sum(p.stat().st_size for p in weights)
     reference = done.get("torch-fp32")
-    n_params = reference.n_params if reference else build_torch.parameter_count(tmp)
+    if reference:
+        n_params = reference.n_params
+    elif spec.name == "torch-fp32":
+        n_params = build_torch.parameter_count(tmp)
+    else:  # no transformers reference for this model: count the GGUF's own tensors
+        n_params = sum(int(t.n_elements) for t in build_gguf.read_gguf(weights[0]).tensors)
     tokenizer = Path(reference.path) if reference else final
     return Variant(
         name=spec.name,
@@ -225,6 +232,21 @@ def _tool_versions(runtime: str) -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def _disk_full(exc: BaseException, model_dir: Path) -> bool:
+    # Native writers (safetensors, llama.cpp) do not raise OSError(ENOSPC): match
+    # their message, and count a failed build on a nearly full file system too.
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if os.strerror(errno.ENOSPC) in str(exc):  # e.g. safetensors: "I/O error: No space left on device"
+        return True
+    return shutil.disk_usage(model_dir).free < 16 * 2**20
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -1,0 +1,198 @@
+"""The variant pipeline on the real default model: names, exact F32 weights, atomicity, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.manifest import MANIFEST_NAME, Variant
+from harness.variants import load_prepared, prepare
+
+ALL_VARIANTS = {
+    "torch-fp32", "torch-bf16", "ort-fp32", "ort-int4",
+    "llamacpp-f32", "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q6_k", "llamacpp-q5_k_m",
+    "llamacpp-q4_k_m", "llamacpp-q3_k_m", "llamacpp-q2_k", "llamacpp-q4_1",
+}
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_prepare_builds_all_thirteen_named_variants_with_manifests(prepared, source):
+    assert set(prepared) == ALL_VARIANTS
+    for variant in prepared.values():
+        assert Path(variant.path).exists(), variant.path
+        assert variant.source_sha256 == source.sha256
+        assert variant.size_bytes > 50e6 and 4 < variant.bits_per_weight < 33, variant
+        assert variant.tools, variant.name
+    bits = {name: v.bits_per_weight for name, v in prepared.items()}
+    assert bits["llamacpp-f32"] > bits["llamacpp-f16"] > bits["llamacpp-q8_0"] > bits["llamacpp-q4_k_m"] > bits["llamacpp-q2_k"]
+    assert bits["ort-fp32"] > 4 * bits["ort-int4"] / 1.3
+
+
+def test_second_prepare_does_no_work(prepared, source):
+    result = prepare(source)
+    assert result.built == []
+    assert set(result.variants) == ALL_VARIANTS
+
+
+def test_f32_gguf_holds_exactly_the_reference_weights(prepared):
+    import gguf
+    from safetensors.numpy import load_file
+
+    reference = load_file(Path(prepared["torch-fp32"].path, "model.safetensors"))
+    reader = gguf.GGUFReader(prepared["llamacpp-f32"].path)
+    n_head = int(reader.fields["llama.attention.head_count"].contents())
+    n_head_kv = int(reader.fields["llama.attention.head_count_kv"].contents())
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(reader.fields["llama.block_count"].contents()))
+    compared = 0
+    for tensor in reader.tensors:
+        assert tensor.tensor_type == gguf.GGMLQuantizationType.F32, tensor.name
+        hf_name = next(k for k in reference if names.get_name(k, try_suffixes=(".weight",)) == tensor.name)
+        expected = reference[hf_name]
+        # llama.cpp's converter permutes q/k rows for its rotary layout; transformers undoes it.
+        if tensor.name.endswith("attn_q.weight"):
+            expected = _llama_permute(expected, n_head)
+        elif tensor.name.endswith("attn_k.weight"):
+            expected = _llama_permute(expected, n_head_kv)
+        got = np.asarray(tensor.data).reshape(expected.shape)
+        assert np.array_equal(got, expected), tensor.name
+        compared += 1
+    assert compared == len(reader.tensors) == 272
+
+
+def _llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@pytest.fixture
+def scratch_cache(tmp_path, prepared, source):
+    """A private cache holding hard links to the finished variants, to rebuild some cheaply."""
+    cache = tmp_path / "cache"
+    model_dir = cache / source.cache_key
+    model_dir.mkdir(parents=True)
+    for name, variant in prepared.items():
+        shutil.copytree(Path(variant.path).parent if variant.runtime == "llamacpp" else variant.path,
+                        model_dir / name, copy_function=os.link)
+    return cache
+
+
+def test_killed_write_leaves_nothing_a_later_prepare_or_load_mistakes_for_finished(scratch_cache, source):
+    model_dir = scratch_cache / source.cache_key
+    shutil.rmtree(model_dir / "torch-bf16")
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "prepare", "--variants", "torch-bf16",
+                             "--cache-dir", str(scratch_cache)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(model_dir.glob(".tmp-torch-bf16-*/*.safetensors")):  # mid-write
+        assert proc.poll() is None and time.monotonic() < deadline, "prepare ended before writing"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    assert list(model_dir.glob(".tmp-torch-bf16-*")), "the kill should have left a temporary directory"
+    assert not (model_dir / "torch-bf16").exists()
+    assert "torch-bf16" not in load_prepared(source, scratch_cache)
+
+    result = prepare(source, ["torch-bf16"], scratch_cache)
+    assert result.built == ["torch-bf16"]
+    assert not list(model_dir.glob(".tmp-*"))
+    assert Variant.load(model_dir / "torch-bf16").precision == "bf16"
+
+
+def test_quantized_variant_rebuilds_from_f32_in_private_cache(scratch_cache, source):
+    shutil.rmtree(scratch_cache / source.cache_key / "llamacpp-q8_0")
+    result = prepare(source, ["llamacpp-q8_0"], scratch_cache)
+    assert result.built == ["llamacpp-q8_0"]
+    assert (scratch_cache / source.cache_key / "llamacpp-q8_0" / MANIFEST_NAME).is_file()
+
+
+# ---- bad input: one line, non-zero exit, no traceback ----------------------
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_path_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("prepare", "--model", str(tmp_path / "nope.gguf")), "nope.gguf", "no such file")
+
+
+def test_file_that_is_not_a_gguf_is_one_line(tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello")
+    assert_one_line_error(run_cli("prepare", "--model", str(bogus)), "notes.txt", "not a GGUF")
+
+
+def test_directory_that_is_not_a_model_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("prepare", "--model", str(tmp_path)), "config.json")
+
+
+def test_truncated_gguf_is_one_line(tmp_path, source):
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(source.path.read_bytes()[: 20 * 2**20])
+    assert_one_line_error(run_cli("prepare", "--model", str(truncated), "--cache-dir", str(tmp_path / "c")),
+                          "truncated.gguf", "truncated or corrupt")
+    assert not list((tmp_path / "c").rglob(MANIFEST_NAME))
+
+
+def test_corrupt_gguf_header_is_one_line(tmp_path):
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    assert_one_line_error(run_cli("prepare", "--model", str(corrupt), "--cache-dir", str(tmp_path / "c")),
+                          "corrupt.gguf", "truncated or corrupt")
+
+
+def test_unknown_variant_is_one_line():
+    assert_one_line_error(run_cli("prepare", "--variants", "llamacpp-q9_9"), "llamacpp-q9_9", "choose from")
+
+
+def test_architecture_transformers_cannot_read_skips_torch_and_builds_the_rest(tmp_path):
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    arch = "harnesstestarch"
+    assert arch not in GGUF_SUPPORTED_ARCHITECTURES
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    proc = run_cli("prepare", "--model", str(path), "--variants", "llamacpp-f32,torch-fp32",
+                   "--cache-dir", str(tmp_path / "c"))
+    assert proc.returncode == 1
+    assert "skipped torch-fp32" in proc.stderr and arch in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "llamacpp-f32" in proc.stdout  # built all the same
+    built = list((tmp_path / "c").rglob(f"llamacpp-f32/{MANIFEST_NAME}"))
+    assert len(built) == 1
+
+
+def test_full_disk_is_one_line_and_leaves_no_variant(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here to fill")
+    try:
+        proc = run_cli("prepare", "--variants", "torch-fp32", "--cache-dir", str(mount))
+        assert_one_line_error(proc, "disk full", "--cache-dir")
+        assert not list(mount.rglob(MANIFEST_NAME))
+        assert not list(mount.rglob(".tmp-*"))
+    finally:
+        subprocess.run(["umount", str(mount)])
