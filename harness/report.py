@@ -197,7 +197,10 @@ def render_table(run: dict, tablefmt: str = "simple") -> str:
     return tabulate(table_rows(run), headers=HEADERS, tablefmt=tablefmt, colalign=COLALIGN, disable_numparse=True)
 
 
-def resolve_settings(run: dict, max_ppl_increase_pct: float | None, memory_budget_mb: float | None) -> tuple[float, float | None]:
+def resolve_settings(
+    run: dict, max_ppl_increase_pct: float | None = None, memory_budget_mb: float | None = None
+) -> tuple[float, float | None]:
+    """The PPL allowance (%) and memory budget (MB): the arguments, else the run's settings, else 5% and none."""
     settings = run.get("settings") or {}
     if max_ppl_increase_pct is None:
         max_ppl_increase_pct = settings.get("max_ppl_increase_pct")

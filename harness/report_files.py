@@ -16,6 +16,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from harness import report
 
 REPORT_SCHEMA_VERSION = 1
@@ -40,7 +42,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def json_safe(value):
-    """``value`` with NaN and infinities replaced by None, so the JSON is strict."""
+    """``value`` with numpy scalars made plain and NaN/infinities replaced by None, so the JSON is strict."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -117,7 +121,7 @@ def tradeoff_png(run: dict) -> bytes:
             area = 40 + 560 * (mem / rss_max) if mem and rss_max else 40
             colour = RUNTIME_COLOURS.get(row.get("runtime"), OTHER_COLOUR)
             ax.scatter([x], [y], s=area, color=colour, alpha=0.7, edgecolors="black", linewidths=0.5)
-            ax.annotate(row.get("variant", ""), (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
+            ax.annotate(row.get("precision") or row.get("variant", ""), (x, y), xytext=(7, 5), textcoords="offset points", fontsize=8)
         front = report.pareto_front(rows, "decode_tok_s", "ppl")
         if len(front) > 1:
             ax.plot(
@@ -127,7 +131,7 @@ def tradeoff_png(run: dict) -> bytes:
             )
         ref_ppl = report.reference_ppl(run)
         if ref_ppl is not None:
-            max_pct, _ = report.resolve_settings(run, None, None)
+            max_pct, _ = report.resolve_settings(run)
             ax.axhline(ref_ppl * (1 + max_pct / 100), color="grey", linestyle="--", linewidth=1,
                        label=f"reference PPL +{max_pct:g}%")
         for runtime, colour in RUNTIME_COLOURS.items():
@@ -157,7 +161,7 @@ body { font-family: sans-serif; margin: 24px; color: #222; background: #fff; }
 table { border-collapse: collapse; font-size: 13px; }
 th { background: #dde6f3; }
 th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
-td:nth-child(1), td:nth-child(2), td:nth-child(13), td:nth-child(14) { text-align: left; }
+th:nth-child(-n+2), td:nth-child(-n+2), th:nth-child(n+13), td:nth-child(n+13) { text-align: left; }
 img { max-width: 900px; display: block; margin: 12px 0; }
 .meta { color: #555; font-size: 13px; }
 """
