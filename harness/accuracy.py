@@ -1,0 +1,259 @@
+"""Accuracy of one variant: perplexity with its error bar, text-normalised perplexities, and divergence.
+
+All the math runs in ``harness.kernels``. The variant's and the reference's
+logits are streamed block by block in lockstep, both models loaded in this
+process, so at most one block of each is alive at a time: memory for logits is
+bounded by ``2 x block_rows x V x 4`` bytes (256 x 49,152 x 4 B x 2 = 100 MB for
+SmolLM2), whatever the text's length, and no logits are written to disk.
+
+Definitions (N scored tokens with negative log-likelihoods ``nll_i``, in nats):
+
+- ``ppl = exp(mean nll)``; ``ppl_stderr = ppl * sqrt(var / (N - 1))`` with
+  ``var = mean(nll^2) - mean(nll)^2``, the formula of llama-perplexity's
+  "Final estimate: PPL = x +/- y" (computed as ``RunningStats.sem``, which is
+  the same number without the cancellation).
+- Averages are per token over the whole run, never per window.
+- ``word_ppl = exp(sum nll / words)``, ``byte_ppl = exp(sum nll / bytes)``,
+  ``bits_per_byte = sum nll / ln 2 / bytes``. ``bytes`` and ``words`` count the
+  text the scored tokens cover: each scored token owns the span of the original
+  text from the previous token's end offset to its own (see
+  ``harness.corpus.TokenizedText``); ``bytes`` sums the UTF-8 bytes of those
+  spans and ``words`` the words (maximal runs of non-whitespace) that start in
+  them. Tokens that are never scored (the first half of each chunk) count
+  nothing, so a word split across a scored and an unscored span counts once if
+  its first character is scored, else not at all.
+- Against a reference: ``kld = KL(p_ref || p_test)`` per token, its mean with
+  the same stderr formula as ``ppl`` (llama.cpp's ``mean_and_uncertainty``), its
+  exact p50/p90/p99/max; ``top1_agreement`` = percent of tokens whose argmax
+  matches; ``delta_p = p_test(target) - p_ref(target)`` (a probability, not a
+  percentage), its mean and root mean square.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from harness.backends.base import DEFAULT_BLOCK_ROWS, Backend, LogitBlock
+from harness.corpus import TokenizedText
+from harness.kernels import Quantiles, RunningStats, divergence, token_nll
+from harness.protocols import Window
+
+# Prompts for generation agreement: short, plain, and answerable by a small model.
+DEFAULT_PROMPTS = (
+    "The capital of France is",
+    "Once upon a time, there was a little girl who",
+    "The three primary colors are",
+    "To make a cup of tea, first",
+)
+DEFAULT_MAX_NEW_TOKENS = 32
+
+DIVERGENCE_KEYS = (
+    "kld_mean",
+    "kld_stderr",
+    "kld_p50",
+    "kld_p90",
+    "kld_p99",
+    "kld_max",
+    "top1_agreement",
+    "delta_p_mean",
+    "delta_p_rms",
+)
+ACCURACY_KEYS = (
+    "ppl",
+    "ppl_stderr",
+    "nll_mean",
+    "tokens_scored",
+    "word_ppl",
+    "byte_ppl",
+    "bits_per_byte",
+    *DIVERGENCE_KEYS,
+    "generation_divergence",
+    "wall_s",
+)
+
+
+def score_variant(
+    backend: Backend,
+    windows: Sequence[Window],
+    reference: Backend | None = None,
+    *,
+    text: TokenizedText | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict:
+    """The ``accuracy`` dict of the result schema for ``backend`` on ``windows``.
+
+    Both backends must be loaded. With ``reference`` (another variant, never
+    ``backend`` itself) the divergence keys are filled, else they are None.
+    ``text`` (the tokenization the windows came from) gives word and byte
+    perplexity; without it they are None. ``prompts`` (token ids) give
+    ``generation_divergence`` when there is a reference. ``wall_s`` times the
+    whole call: scoring, and generation when there are prompts.
+    """
+    if reference is backend:
+        raise ValueError("reference is the scored backend itself; pass reference=None for the reference's own row")
+    start_s = clock()
+    nll = RunningStats()
+    div = _DivergenceStats() if reference is not None else None
+    n_bytes = n_words = 0
+    for window in windows:
+        blocks = backend.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
+        if reference is None:
+            for block in blocks:
+                nll.add(token_nll(block.logits, block.targets))
+        else:
+            ref_blocks = reference.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
+            for ref_logits, test_logits, targets in aligned_rows(ref_blocks, blocks):
+                nll.add(token_nll(test_logits, targets))
+                div.add(divergence(ref_logits, test_logits, targets))
+        if text is not None:
+            n_bytes += int(text.token_bytes[window.target_positions].sum())
+            n_words += int(text.token_words[window.target_positions].sum())
+
+    result = nll_summary(nll)
+    total_nll = nll.sum
+    result["word_ppl"] = _exp(total_nll / n_words) if n_words else None
+    result["byte_ppl"] = _exp(total_nll / n_bytes) if n_bytes else None
+    result["bits_per_byte"] = total_nll / math.log(2) / n_bytes if n_bytes else None
+    result.update(div.summary() if div is not None else dict.fromkeys(DIVERGENCE_KEYS))
+    result["generation_divergence"] = None
+    if reference is not None and prompts:
+        result["generation_divergence"] = first_divergences(
+            greedy_continuations(reference, prompts, max_new_tokens),
+            greedy_continuations(backend, prompts, max_new_tokens),
+        )
+    result["wall_s"] = clock() - start_s
+    return result
+
+
+def nll_summary(nll: RunningStats) -> dict:
+    """``ppl``, ``ppl_stderr``, ``nll_mean`` and ``tokens_scored`` from the streamed NLLs."""
+    if nll.count == 0:
+        return {"ppl": None, "ppl_stderr": None, "nll_mean": None, "tokens_scored": 0}
+    mean, stderr = mean_and_stderr(nll)
+    ppl = _exp(mean)
+    return {
+        "ppl": ppl,
+        "ppl_stderr": ppl * stderr if stderr is not None else None,
+        "nll_mean": mean,
+        "tokens_scored": int(nll.count),
+    }
+
+
+def _exp(x: float) -> float:
+    """exp that reports a hopeless variant's perplexity as inf rather than raising."""
+    return math.exp(x) if x < 709.0 else math.inf
+
+
+def mean_and_stderr(stats: RunningStats) -> tuple[float, float | None]:
+    """Mean and its standard error; the stderr is None below two values.
+
+    llama.cpp's ``sqrt((mean(x^2) - mean(x)^2) / (N - 1))`` equals the sample
+    standard deviation over ``sqrt(N)``, which ``RunningStats.sem`` computes
+    without the cancellation of the first form.
+    """
+    return stats.mean, (stats.sem if stats.count > 1 else None)
+
+
+class _DivergenceStats:
+    """Streaming totals of the per-token divergences of a variant from its reference."""
+
+    def __init__(self) -> None:
+        self.kld = RunningStats()
+        self.kld_quantiles = Quantiles()
+        self.delta_p = RunningStats()
+        self.top1_agree = 0
+
+    def add(self, d) -> None:
+        self.kld.add(d.kld)
+        self.kld_quantiles.add(d.kld)
+        self.delta_p.add(d.delta_p)
+        self.top1_agree += int(np.count_nonzero(d.top1_agree))
+
+    def summary(self) -> dict:
+        n = self.kld.count
+        if n == 0:
+            return dict.fromkeys(DIVERGENCE_KEYS)
+        kld_mean, kld_stderr = mean_and_stderr(self.kld)
+        return {
+            "kld_mean": kld_mean,
+            "kld_stderr": kld_stderr,
+            "kld_p50": float(self.kld_quantiles.quantile(0.5)),
+            "kld_p90": float(self.kld_quantiles.quantile(0.9)),
+            "kld_p99": float(self.kld_quantiles.quantile(0.99)),
+            "kld_max": float(self.kld_quantiles.max),
+            "top1_agreement": 100.0 * self.top1_agree / n,
+            "delta_p_mean": self.delta_p.mean,
+            "delta_p_rms": math.sqrt(self.delta_p.sumsq / n),
+        }
+
+
+def aligned_rows(
+    ref_blocks: Iterable[LogitBlock], test_blocks: Iterable[LogitBlock]
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Advance two block streams of one sequence together, yielding ``(ref_logits, test_logits, targets)`` row ranges.
+
+    Runtimes may cut blocks differently; each yield covers the rows both
+    current blocks still hold, so at most one block of each stream is alive.
+    """
+    refs, tests = iter(ref_blocks), iter(test_blocks)
+    ref = test = None
+    ref_row = test_row = 0
+    while True:
+        while ref is None or ref_row == len(ref.targets):
+            ref, ref_row = next(refs, None), 0
+            if ref is None:
+                break
+        while test is None or test_row == len(test.targets):
+            test, test_row = next(tests, None), 0
+            if test is None:
+                break
+        if ref is None or test is None:
+            if ref is not None or test is not None:
+                raise RuntimeError("reference and variant yielded logits for different numbers of positions")
+            return
+        if ref.start + ref_row != test.start + test_row:
+            raise RuntimeError(f"reference at position {ref.start + ref_row}, variant at {test.start + test_row}")
+        n = min(len(ref.targets) - ref_row, len(test.targets) - test_row)
+        yield (
+            ref.logits[ref_row : ref_row + n],
+            test.logits[test_row : test_row + n],
+            test.targets[test_row : test_row + n],
+        )
+        ref_row += n
+        test_row += n
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS) -> list[list[int]]:
+    """Prompt token ids as the model sees a fresh prompt: with BOS when its tokenizer adds one."""
+    return [list(tokenizer(prompt, add_special_tokens=True)["input_ids"]) for prompt in prompts]
+
+
+def greedy_continuations(backend: Backend, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy continuation (token ids) from ``backend``."""
+    return [backend.generate(prompt, max_new_tokens).token_ids for prompt in prompts]
+
+
+def first_divergence(reference: Sequence[int], test: Sequence[int]) -> int | None:
+    """The first position where ``test`` leaves ``reference``; None when they are identical.
+
+    When one ends early (EOS, or a shorter budget) and is a prefix of the
+    other, they part where the shorter one ends.
+    """
+    for position, (ref_token, test_token) in enumerate(zip(reference, test)):
+        if ref_token != test_token:
+            return position
+    return None if len(reference) == len(test) else min(len(reference), len(test))
+
+
+def first_divergences(references: Sequence[Sequence[int]], tests: Sequence[Sequence[int]]) -> list[int | None]:
+    """``first_divergence`` per prompt: the schema's ``generation_divergence``."""
+    if len(references) != len(tests):
+        raise ValueError(f"{len(references)} reference continuations but {len(tests)} from the variant")
+    return [first_divergence(ref, test) for ref, test in zip(references, tests)]
