@@ -1,1 +1,35 @@
 """Numba scoring kernels: log-softmax, token NLL and divergence over (N, V) logits."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .config import set_num_threads
+from .divergence import Divergence, divergence
+from .nll import token_nll
+from .softmax import log_softmax
+from .streaming import Quantiles, RunningStats
+
+__all__ = [
+    "Divergence",
+    "Quantiles",
+    "RunningStats",
+    "divergence",
+    "log_softmax",
+    "set_num_threads",
+    "token_nll",
+    "warmup",
+]
+
+
+def warmup() -> float:
+    """Compile (or load from Numba's on-disk cache) every kernel; returns the seconds it took."""
+    start_s = time.perf_counter()
+    logits = np.zeros((2, 3), dtype=np.float32)
+    targets = np.zeros(2, dtype=np.int64)
+    log_softmax(logits)
+    token_nll(logits, targets)
+    divergence(logits, logits, targets)
+    return time.perf_counter() - start_s
