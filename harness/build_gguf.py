@@ -99,7 +99,7 @@ def quantize(src: Path, dest: Path, quant: str, threads: int) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}")
     params.nthread = threads
-    with _native_stderr_to(dest.with_suffix(".log")) as log:
+    with native_stderr_to(dest.with_suffix(".log")) as log:
         status = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), params)
     if status != 0:
         last = (log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
@@ -108,8 +108,8 @@ def quantize(src: Path, dest: Path, quant: str, threads: int) -> None:
 
 
 @contextlib.contextmanager
-def _native_stderr_to(path: Path):
-    """Send the C library's per-tensor log (written to fd 2) to ``path`` instead of the terminal."""
+def native_stderr_to(path: str | Path):
+    """Send what C libraries write to fd 2 (llama.cpp's logs) to ``path`` instead of the terminal."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "wb") as sink:
