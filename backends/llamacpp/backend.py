@@ -1,0 +1,162 @@
+"""llama.cpp in process through llama-cpp-python, driven with ``llama_decode`` on our own batches.
+
+The high-level ``Llama.eval`` keeps an (n_ctx, V) ``scores`` array when every
+position's logits are wanted (805 MB at 4,096 x 49,152) on top of llama.cpp's
+own output buffer; decoding block by block and copying each block out of
+``llama_get_logits`` before the next decode keeps one block in memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from contextlib import ExitStack
+from typing import Any, Iterator
+
+import llama_cpp
+import numpy as np
+
+from harness.backends.base import Backend
+from harness.backends.llamacpp.config import RUNTIME, LlamaCppSettings
+from harness.backends.pytorch.config import tokenizer_eos_ids
+from harness.manifest import Variant
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF file in llama.cpp, one sequence at a time, the KV cache cleared per sequence."""
+
+    runtime = RUNTIME
+
+    def __init__(self, variant: Variant, threads: int | None = None, device: str = "cpu",
+                 settings: LlamaCppSettings = LlamaCppSettings()):
+        super().__init__(variant, threads, device)
+        self.settings = settings
+        self._stack = ExitStack()
+        self._llm = None
+        self._batch = None
+
+    def load(self) -> None:
+        s = self.settings
+        self._llm = llama_cpp.Llama(
+            self.variant.path,
+            n_gpu_layers=-1 if self.device.startswith("cuda") else 0,
+            n_ctx=s.n_ctx,
+            n_batch=s.n_batch,
+            n_ubatch=s.n_ubatch,
+            n_threads=self.threads,
+            n_threads_batch=self.threads,
+            flash_attn=s.flash_attn,
+            type_k=getattr(llama_cpp, f"GGML_TYPE_{s.type_k.upper()}"),
+            type_v=getattr(llama_cpp, f"GGML_TYPE_{s.type_v.upper()}"),
+            use_mmap=s.use_mmap,
+            logits_all=False,  # we request per-token logits in our own batches
+            verbose=False,
+        )
+        self._stack.callback(self._llm.close)
+        self._batch = llama_cpp.llama_batch_init(s.n_batch, 0, 1)
+        self._stack.callback(llama_cpp.llama_batch_free, self._batch)
+        self._ctx = self._llm.ctx
+        self._n_vocab = self._llm.n_vocab()
+        self._one = (llama_cpp.llama_token * 1)()
+        self._one_batch = llama_cpp.llama_batch_get_one(self._one, 1)
+        model_eos = {self._llm.token_eos()}
+        eot = self._llm.metadata.get("tokenizer.ggml.eot_token_id")
+        if eot is not None:
+            model_eos.add(int(eot))
+        self.eos_token_ids = tokenizer_eos_ids(self.variant.tokenizer_path) | frozenset(t for t in model_eos if t >= 0)
+
+    def close(self) -> None:
+        self._stack.close()
+        self._llm = self._batch = None
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        ctx = self._llm.ctx if self._llm else None
+        return {
+            "runtime": RUNTIME,
+            "version": llama_cpp.__version__,
+            "device": self.device,
+            "threads": llama_cpp.llama_n_threads(ctx) if ctx else self.threads,
+            "threads_batch": llama_cpp.llama_n_threads_batch(ctx) if ctx else self.threads,
+            "dtype": self.variant.precision,
+            "kv_cache_type": s.type_k if s.type_k == s.type_v else f"k={s.type_k},v={s.type_v}",
+            "n_ctx": s.n_ctx,
+            "n_batch": s.n_batch,
+            "n_ubatch": s.n_ubatch,
+            "flash_attn": s.flash_attn,
+        }
+
+    # ---- llama_decode helpers --------------------------------------------
+    def _clear(self) -> None:
+        if self._llm is None:
+            raise RuntimeError(f"{self.variant.name}: call load() (or use the backend as a context manager) first")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+
+    def _decode_span(self, ids: np.ndarray, pos0: int, logits: str) -> None:
+        """Decode ``ids`` at positions ``pos0..``; ``logits`` is "all", "last" or "none"."""
+        batch = self._batch
+        n = len(ids)
+        for i, token in enumerate(ids.tolist()):
+            batch.token[i] = token
+            batch.pos[i] = pos0 + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = logits == "all"
+        if logits == "last":
+            batch.logits[n - 1] = True
+        batch.n_tokens = n
+        self._check(llama_cpp.llama_decode(self._ctx, batch))
+
+    def _check(self, rc: int) -> None:
+        if rc != 0:
+            raise RuntimeError(f"{self.variant.name}: llama_decode returned {rc}")
+
+    def _check_fits(self, n_tokens: int) -> None:
+        if n_tokens > self.settings.n_ctx:
+            raise ValueError(
+                f"{self.variant.name}: {n_tokens} tokens exceed the llama.cpp context n_ctx={self.settings.n_ctx}; "
+                "raise LlamaCppSettings.n_ctx"
+            )
+
+    # ---- scoring and generation ----------------------------------------------
+    def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
+        n = len(token_ids) - 1  # the last token is only a target
+        self._check_fits(n)
+        self._clear()
+        rows = min(block_rows, self.settings.n_batch)
+        lo = 0
+        while lo < n:
+            scoring = lo >= start
+            hi = min(n, lo + rows) if scoring else min(start, lo + self.settings.n_batch)
+            self._decode_span(token_ids[lo:hi], lo, "all" if scoring else "none")
+            if scoring:
+                # llama_get_logits puts the outputs back in batch order; the buffer
+                # is overwritten by the next decode, so copy the block out.
+                view = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(hi - lo, self._n_vocab))
+                yield view.copy()
+            lo = hi
+
+    def _argmax_last(self) -> int:
+        logits = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self._n_vocab,))))
+
+    def _generate(self, prompt_ids: np.ndarray, max_new_tokens: int, stamp: list[float]) -> list[int]:
+        if len(prompt_ids) == 0:
+            raise ValueError(f"{self.variant.name}: generate needs a prompt of at least one token")
+        self._check_fits(len(prompt_ids) + max_new_tokens)
+        self._clear()
+        produced: list[int] = []
+        if max_new_tokens <= 0:
+            return produced
+        step = self.settings.n_batch
+        for lo in range(0, len(prompt_ids), step):
+            last = lo + step >= len(prompt_ids)
+            self._decode_span(prompt_ids[lo : lo + step], lo, "last" if last else "none")
+        while True:
+            token = self._argmax_last()
+            stamp.append(time.perf_counter())
+            produced.append(token)
+            if token in self.eos_token_ids or len(produced) >= max_new_tokens:
+                return produced
+            self._one[0] = token
+            self._check(llama_cpp.llama_decode(self._ctx, self._one_batch))

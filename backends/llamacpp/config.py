@@ -1,0 +1,30 @@
+"""Settings of the llama.cpp (llama-cpp-python) backend; no heavy imports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RUNTIME = "llamacpp"
+
+# KV-cache element types llama.cpp accepts (names of ggml types, as llama-bench's -ctk/-ctv).
+KV_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
+@dataclass(frozen=True)
+class LlamaCppSettings:
+    """How llama.cpp runs a GGUF; n_batch/n_ubatch/flash_attn are the knobs llama-bench also sweeps."""
+
+    n_ctx: int = field(default=4096, metadata={"help": "context size: the longest sequence scored or generated"})
+    n_batch: int = field(default=512, metadata={"help": "logical batch: tokens per llama_decode call"})
+    n_ubatch: int = field(default=512, metadata={"help": "physical batch: tokens per graph evaluation"})
+    flash_attn: bool = field(default=False, metadata={"help": "use llama.cpp's flash-attention kernels"})
+    type_k: str = field(default="f16", metadata={"help": f"KV-cache type of K: {', '.join(KV_CACHE_TYPES)}"})
+    type_v: str = field(default="f16", metadata={"help": f"KV-cache type of V: {', '.join(KV_CACHE_TYPES)}"})
+    use_mmap: bool = field(default=True, metadata={"help": "map the GGUF instead of reading it into memory"})
+
+    def __post_init__(self) -> None:
+        for name in ("type_k", "type_v"):
+            if getattr(self, name) not in KV_CACHE_TYPES:
+                raise ValueError(f"{name}={getattr(self, name)!r}: choose one of {', '.join(KV_CACHE_TYPES)}")
+        if not 0 < self.n_ubatch <= self.n_batch <= self.n_ctx:
+            raise ValueError(f"need 0 < n_ubatch ({self.n_ubatch}) <= n_batch ({self.n_batch}) <= n_ctx ({self.n_ctx})")

@@ -1,0 +1,205 @@
+"""The three runtime adapters on the real default model: equal weights give equal answers, and memory stays bounded.
+
+Every runtime runs with one thread: the cores of a shared test machine are
+busy, and two OpenMP threads contending for them slow PyTorch down 10x.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.backends import open_backend, runtime_unavailable_reason
+
+THREADS = 1
+WINDOW_TOKENS = 512
+FP32 = ("torch-fp32", "ort-fp32", "llamacpp-f32")
+GEN_TOKENS = 16
+TIE_MARGIN = 1e-3  # a greedy divergence is accepted only where the two tokens' logits tie this closely
+
+
+@pytest.fixture(scope="module")
+def token_ids(prepared, wikitext_text) -> np.ndarray:
+    """The wikitext test set's first ~10k tokens, through the one tokenizer all variants share."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(prepared["torch-fp32"].tokenizer_path, "tokenizer.json")))
+    return np.asarray(tokenizer.encode(wikitext_text[:60_000], add_special_tokens=False).ids, dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def windows(token_ids) -> list[np.ndarray]:
+    return [token_ids[i * WINDOW_TOKENS : (i + 1) * WINDOW_TOKENS] for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def fp32_logprobs(prepared, windows) -> dict[str, np.ndarray]:
+    """Log-probs of the 2 x 512 tokens from each fp32 variant, and the llama.cpp KV-cache type."""
+    out = {}
+    for name in FP32:
+        with open_backend(prepared[name], threads=THREADS) as backend:
+            out[name] = np.concatenate(backend.logprobs(windows))
+            if backend.runtime == "llamacpp":
+                out["kv_cache_type"] = backend.describe()["kv_cache_type"]
+    return out
+
+
+def test_registry_finds_all_three_runtimes():
+    for runtime in ("torch", "ort", "llamacpp"):
+        assert runtime_unavailable_reason(runtime) is None
+
+
+def test_equal_weights_agree_on_mean_and_per_token_nll(fp32_logprobs):
+    kv = fp32_logprobs["kv_cache_type"]
+    assert kv == "f16", "this test's tolerances are stated for llama.cpp's default f16 KV cache"
+    ref = fp32_logprobs["torch-fp32"]
+    assert ref.shape == (2 * (WINDOW_TOKENS - 1),)
+    for name in ("ort-fp32", "llamacpp-f32"):
+        lp = fp32_logprobs[name]
+        rel = abs(lp.mean() / ref.mean() - 1)
+        worst = np.abs(lp - ref).max()
+        print(f"{name} vs torch-fp32 (llama.cpp KV cache {kv}): mean NLL {-lp.mean():.6f} vs {-ref.mean():.6f}, "
+              f"relative {rel:.2e}, worst token {worst:.2e} nats")
+        assert rel < 1e-4, name
+        assert worst < 2e-2, name
+    # ONNX Runtime and PyTorch run the same fp32 math without a half-precision cache: much closer.
+    assert np.abs(fp32_logprobs["ort-fp32"] - ref).max() < 1e-3
+
+
+def _margin_at(backend, prompt: np.ndarray, prefix: list[int], a: int, b: int) -> float:
+    """|logit(a) - logit(b)| of ``backend`` after ``prompt + prefix``."""
+    seq = np.concatenate([prompt, prefix, [a]]).astype(np.int64)
+    *_, last = backend.logit_blocks(seq, start=len(seq) - 2)
+    return float(abs(last.logits[-1, a] - last.logits[-1, b]))
+
+
+def _check_generation(backend, gen) -> None:
+    assert 1 <= len(gen.token_ids) == len(gen.token_times_s) <= GEN_TOKENS
+    assert gen.start_s < gen.token_times_s[0] and np.all(gen.inter_token_s >= 0)
+    assert len(gen.token_ids) == GEN_TOKENS or gen.token_ids[-1] in backend.eos_token_ids
+
+
+def test_fp32_variants_greedy_generate_the_same_tokens(prepared, token_ids):
+    # Five prompts of different lengths from different places in the text.
+    prompts = [token_ids[s : s + n] for s, n in ((1000, 8), (2000, 24), (3000, 40), (4000, 64), (5000, 100))]
+    outputs = {}
+    ties = []
+    with open_backend(prepared["torch-fp32"], threads=THREADS) as reference:
+        outputs["torch-fp32"] = [reference.generate(p, GEN_TOKENS) for p in prompts]
+        for gen in outputs["torch-fp32"]:
+            _check_generation(reference, gen)
+        for name in FP32[1:]:
+            with open_backend(prepared[name], threads=THREADS) as backend:
+                outputs[name] = [backend.generate(p, GEN_TOKENS) for p in prompts]
+                for gen in outputs[name]:
+                    _check_generation(backend, gen)
+            for i, prompt in enumerate(prompts):
+                ref, got = outputs["torch-fp32"][i].token_ids, outputs[name][i].token_ids
+                pos = next((k for k, (x, y) in enumerate(zip(ref, got)) if x != y), None)
+                if pos is None:
+                    assert got == ref, (name, i, ref, got)  # equal, not one a prefix of the other
+                    continue
+                margin = _margin_at(reference, prompt, ref[:pos], ref[pos], got[pos])
+                print(f"prompt {i}: {name} leaves torch-fp32 at position {pos} "
+                      f"({ref[pos]} vs {got[pos]}), torch logit margin {margin:.2e}")
+                ties.append((name, i, pos, margin))
+    print(f"greedy divergences among the fp32 variants (name, prompt, position, margin): {ties or 'none'}")
+    assert all(margin < TIE_MARGIN for *_, margin in ties), ties
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_start_and_block_size_do_not_change_the_logits(prepared, windows, name):
+    seq = windows[1][:80]
+    with open_backend(prepared[name], threads=THREADS) as backend:
+        whole = np.concatenate([b.logits for b in backend.logit_blocks(seq, start=0, block_rows=256)])
+        blocks = list(backend.logit_blocks(seq, start=30, block_rows=7))
+    assert whole.shape == (79, 49152) and whole.dtype == np.float32
+    assert [b.start for b in blocks] == list(range(30, 79, 7)) and all(len(b.targets) <= 7 for b in blocks)
+    assert all(b.logits.flags.c_contiguous and b.logits.dtype == np.float32 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate([b.targets for b in blocks]), seq[31:])
+    # Chunked evaluation reorders float sums a little (llama.cpp: also the f16 KV cache); no more.
+    np.testing.assert_allclose(np.concatenate([b.logits for b in blocks]), whole[30:], atol=2e-3, rtol=0)
+
+
+def test_every_variant_answers_logprobs_and_generate(prepared, windows):
+    seq = windows[0][:64]
+    for name, variant in prepared.items():
+        with open_backend(variant, threads=THREADS) as backend:
+            (lp,) = backend.logprobs([seq])
+            assert lp.shape == (63,) and np.all(np.isfinite(lp)) and np.all(lp <= 0), name
+            assert 1.0 < -lp.mean() < 8.0, (name, -lp.mean())  # a working model, not noise (ln 49152 = 10.8)
+            gen = backend.generate(seq[:16], 4)
+            assert 1 <= len(gen.token_ids) <= 4 and len(gen.token_times_s) == len(gen.token_ids), name
+            described = backend.describe()
+            assert described["runtime"] == variant.runtime and described["threads"] == THREADS, described
+            assert {"version", "device", "dtype"} <= set(described), described
+            assert backend.eos_token_ids, name
+
+
+def test_mean_nll_rises_as_llamacpp_quantization_coarsens(prepared, windows, fp32_logprobs):
+    nll = {"llamacpp-f32": -fp32_logprobs["llamacpp-f32"].mean()}
+    for name in ("llamacpp-q8_0", "llamacpp-q4_k_m", "llamacpp-q2_k"):
+        with open_backend(prepared[name], threads=THREADS) as backend:
+            nll[name] = -np.concatenate(backend.logprobs(windows)).mean()
+    print("mean NLL over 2 x 512 wikitext tokens:", {k: round(float(v), 5) for k, v in nll.items()})
+    values = list(nll.values())
+    assert values == sorted(values) and len(set(values)) == len(values), nll
+
+
+def _variant_dir(variant) -> str:
+    path = Path(variant.path)
+    return str(path if path.is_dir() else path.parent)  # a GGUF variant's path is its file
+
+
+# Runs in a fresh process: load, warm up (llama.cpp maps its weights lazily), note
+# the resident set, reset the peak (VmHWM; ru_maxrss would carry the forking
+# pytest's peak across exec), score 4,096 tokens block by block with the full
+# logits, and read the peak.
+_MEMORY_CHILD = """
+import json, sys
+import numpy as np
+from harness.backends import open_backend
+from harness.kernels import token_nll
+from harness.manifest import Variant
+
+def status_mb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+
+variant, ids = Variant.load(sys.argv[1]), np.load(sys.argv[2])
+with open_backend(variant, threads=1) as backend:
+    backend.logprobs([ids[:64]])
+    loaded_mb = status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    rows = 0
+    for block in backend.logit_blocks(ids):
+        token_nll(block.logits, block.targets)
+        rows += len(block.targets)
+    print(json.dumps({"loaded_rss_mb": loaded_mb, "scored_peak_mb": status_mb("VmHWM"), "rows": rows}))
+"""
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_scoring_4096_tokens_with_full_logits_keeps_peak_rss_under_1gb_over_the_model(prepared, token_ids, name, tmp_path):
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to reset and read the peak RSS")
+    ids_path = tmp_path / "ids.npy"
+    np.save(ids_path, token_ids[:4096])
+    child = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, _variant_dir(prepared[name]), str(ids_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    seen = json.loads(child.stdout.strip().splitlines()[-1])
+    rise_mb = seen["scored_peak_mb"] - seen["loaded_rss_mb"]
+    print(f"{name}: RSS {seen['loaded_rss_mb']:.0f} MB loaded -> {seen['scored_peak_mb']:.0f} MB after scoring "
+          f"{seen['rows']} positions: +{rise_mb:.0f} MB (all logits as float32 would be 805 MB)")
+    assert seen["rows"] == 4095
+    assert rise_mb < 1024
