@@ -1,0 +1,226 @@
+"""Resource trackers: a process's RSS and CPU time, and an NVIDIA GPU's memory, utilisation and energy.
+
+Both are context managers that sample on a background thread and always stop
+it in ``finally``. The GPU tracker is inert where NVML is missing (no NVIDIA
+driver, no GPU): its metrics are then an empty dict, so GPU keys are absent
+from a CPU run's results rather than zero.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psutil
+
+MB = 1024 * 1024
+# 200 Hz: above the 100 Hz the method asks for; a psutil RSS read costs ~10 us, so < 0.5% of one core.
+DEFAULT_INTERVAL_S = 0.005
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """What a ``ResourceMonitor`` saw over its ``with`` block."""
+
+    duration_s: float
+    baseline_rss_mb: float  # RSS when the block began
+    sampled_peak_rss_mb: float  # highest RSS among the samples
+    os_peak_rss_mb: float | None  # the kernel's high-water mark for the process since it started; None if unreadable
+    cpu_util_pct: float  # process CPU time / wall time; 100 = one core busy, 200 = two
+    samples: int
+
+    @property
+    def peak_rss_mb(self) -> float:
+        """Sampled peak, raised to the OS's own max RSS, which also catches spikes between samples."""
+        return max(self.sampled_peak_rss_mb, self.os_peak_rss_mb or 0.0)
+
+    @property
+    def sample_hz(self) -> float:
+        return self.samples / self.duration_s if self.duration_s > 0 else float("nan")
+
+
+def os_peak_rss_mb(pid: int | None = None) -> float | None:
+    """The kernel's max RSS for ``pid`` (default: this process): ru_maxrss for itself, VmHWM for another."""
+    if pid is None or pid == os.getpid():
+        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max_rss / MB if sys.platform == "darwin" else max_rss / 1024  # bytes on macOS, KiB on Linux
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class _Sampler:
+    """Calls ``sample()`` every ``interval_s`` on a daemon thread until stopped; ``Event.wait`` sleeps without the GIL."""
+
+    def __init__(self, sample: Callable[[], None], interval_s: float, name: str):
+        self._sample = sample
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.error: BaseException | None = None
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self._interval_s):
+                self._sample()
+        except BaseException as exc:  # surfaced by the owner after join, never lost in a thread
+            self.error = exc
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+class ResourceMonitor:
+    """Samples a process's RSS at ``1 / interval_s`` Hz and its CPU time over a ``with`` block.
+
+    ``usage`` is set when the block ends, also when it raises.
+    """
+
+    def __init__(self, pid: int | None = None, interval_s: float = DEFAULT_INTERVAL_S, clock=time.perf_counter):
+        self.pid = os.getpid() if pid is None else pid
+        self.interval_s = interval_s
+        self._clock = clock
+        self._process = psutil.Process(self.pid)
+        self._peak_rss = 0
+        self._samples = 0
+        self.usage: ResourceUsage | None = None
+
+    def _sample(self) -> None:
+        rss = self._process.memory_info().rss
+        self._samples += 1
+        if rss > self._peak_rss:
+            self._peak_rss = rss
+
+    def __enter__(self) -> "ResourceMonitor":
+        self._sample()
+        self._baseline_rss = self._peak_rss
+        self._cpu0 = self._process.cpu_times()
+        self._t0 = self._clock()
+        self._sampler = _Sampler(self._sample, self.interval_s, f"rss-sampler-{self.pid}")
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._sampler.stop()
+        finally:
+            t1 = self._clock()
+            cpu1 = self._process.cpu_times()
+            self._sample()
+            duration_s = t1 - self._t0
+            cpu_s = (cpu1.user - self._cpu0.user) + (cpu1.system - self._cpu0.system)
+            self.usage = ResourceUsage(
+                duration_s=duration_s,
+                baseline_rss_mb=self._baseline_rss / MB,
+                sampled_peak_rss_mb=self._peak_rss / MB,
+                os_peak_rss_mb=os_peak_rss_mb(self.pid),
+                cpu_util_pct=100.0 * cpu_s / duration_s if duration_s > 0 else float("nan"),
+                samples=self._samples,
+            )
+        if self._sampler.error is not None:
+            raise RuntimeError(f"RSS sampler failed: {self._sampler.error!r}") from self._sampler.error
+
+
+def nvml_available() -> bool:
+    """True when nvidia-ml-py imports, the NVIDIA driver answers and at least one GPU is present."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # ImportError, or NVMLError_LibraryNotFound / DriverNotLoaded
+        return False
+    try:
+        return pynvml.nvmlDeviceGetCount() > 0
+    finally:
+        pynvml.nvmlShutdown()
+
+
+class GpuMonitor:
+    """Peak GPU memory of this process, mean GPU utilisation and energy on one NVIDIA GPU over a ``with`` block.
+
+    ``metrics`` holds ``gpu_peak_mem_mb``, ``gpu_util_pct`` and ``energy_j``
+    (each only where the GPU reports it), and is empty where NVML is missing.
+    """
+
+    def __init__(self, device_index: int = 0, pid: int | None = None, interval_s: float = 0.01):
+        self.device_index = device_index
+        self.pid = os.getpid() if pid is None else pid
+        self.interval_s = interval_s
+        self.metrics: dict[str, float] = {}
+        self._nvml = None
+
+    def _sample(self) -> None:
+        nvml, handle = self._nvml, self._handle
+        util = nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+        self._util_sum += util
+        self._util_n += 1
+        used = None
+        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == self.pid and proc.usedGpuMemory is not None:
+                used = proc.usedGpuMemory
+        if used is None and not self._per_process:
+            # In a container NVML lists host PIDs, so ours is never found: fall back to the device's used memory.
+            used = nvml.nvmlDeviceGetMemoryInfo(handle).used
+        if used is not None:
+            self._peak_mem = max(self._peak_mem, used)
+
+    def _energy_mj(self) -> int | None:
+        try:
+            return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+        except self._nvml.NVMLError:  # not supported before Volta
+            return None
+
+    def __enter__(self) -> "GpuMonitor":
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception:
+            return self  # no NVIDIA driver: stay inert, metrics stay empty
+        self._nvml = pynvml
+        try:
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            listed = {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle)}
+            self._per_process = self.pid in listed
+            self._util_sum, self._util_n, self._peak_mem = 0, 0, 0
+            self._energy0 = self._energy_mj()
+            self._sample()
+            self._sampler = _Sampler(self._sample, self.interval_s, f"nvml-sampler-{self.device_index}")
+            self._sampler.start()
+        except BaseException:
+            pynvml.nvmlShutdown()
+            self._nvml = None
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._nvml is None:
+            return
+        try:
+            self._sampler.stop()
+            self._sample()
+            energy1 = self._energy_mj()
+            metrics: dict[str, float] = {"gpu_util_pct": self._util_sum / self._util_n}
+            if self._peak_mem:
+                metrics["gpu_peak_mem_mb"] = self._peak_mem / MB
+            if self._energy0 is not None and energy1 is not None:
+                metrics["energy_j"] = (energy1 - self._energy0) / 1000.0
+            self.metrics = metrics
+        finally:
+            self._nvml.nvmlShutdown()
+            self._nvml = None
