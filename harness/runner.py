@@ -1,0 +1,272 @@
+"""Each variant in its own spawned child, with a timeout; rows appended to a JSONL file as they finish.
+
+A crash, a kill by a signal (the OOM killer's included) or a timeout costs
+only that variant: it becomes a ``status: "failed"`` row whose ``error`` says
+why, and the run goes on. Every row is appended, flushed and fsynced as its
+variant finishes, so a killed run keeps what it finished and ``resume=True``
+continues without redoing it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from harness.errors import UserError
+
+DEFAULT_TIMEOUT_S = 3600.0
+# Once the child has sent its row, how long it may take to exit before it is killed.
+EXIT_GRACE_S = 30.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass(frozen=True)
+class VariantJob:
+    """One variant's work: ``target(*args, **kwargs)`` returns its result row; both must pickle."""
+
+    variant: str
+    runtime: str
+    precision: str
+    target: Callable[..., dict]
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """What came back from a child: its value, or a one-line error (and the traceback when it raised)."""
+
+    value: Any = None
+    error: str | None = None
+    traceback: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def failed_row(job: VariantJob, error: str, trace: str | None = None) -> dict[str, Any]:
+    """The result row of a variant whose child failed."""
+    row = {
+        "variant": job.variant,
+        "runtime": job.runtime,
+        "precision": job.precision,
+        "status": "failed",
+        "error": error,
+        "accuracy": None,
+        "efficiency": None,
+        "backend": None,
+    }
+    if trace:
+        row["traceback"] = trace
+    return row
+
+
+# ---- one child --------------------------------------------------------------------------------
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this child when its parent dies, so a killed run leaves no orphan."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent's finally still kills its child
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_main(conn: Connection, parent_pid: int, target: Callable, args: tuple, kwargs: Mapping) -> None:
+    _die_with_parent(parent_pid)
+    try:
+        message = ("ok", target(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as text
+        message = ("error", _one_line(exc), traceback.format_exc())
+    try:
+        conn.send(message)
+    except Exception as exc:  # an unpicklable value: say so instead of dying silently
+        conn.send(("error", f"the child's result could not be sent: {_one_line(exc)}", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _cgroup_oom_kills() -> int | None:
+    """The OOM-kill count of this process's cgroup (v2), to tell an OOM kill from another SIGKILL."""
+    try:
+        relative = Path("/proc/self/cgroup").read_text().split("\n")[0].split("::", 1)[1]
+        events = Path("/sys/fs/cgroup", relative.lstrip("/"), "memory.events").read_text()
+    except (OSError, IndexError):
+        return None
+    for line in events.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill":
+            return int(value)
+    return None
+
+
+def _exit_reason(exitcode: int | None, oom_before: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
+        oom_after = _cgroup_oom_kills()
+        if -exitcode == signal.SIGKILL and None not in (oom_before, oom_after) and oom_after > oom_before:
+            return f"killed by {name}: out of memory (the kernel's OOM killer)"
+        return f"killed by {name}"
+    return f"exited with status {exitcode} without sending a result"
+
+
+def _stop(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGTERM, then SIGKILL if the child ignores it; always reaps it."""
+    if process.is_alive():
+        process.terminate()
+        process.join(5.0)
+    if process.is_alive():
+        process.kill()
+    process.join()
+
+
+def run_in_child(
+    target: Callable, args: tuple = (), kwargs: Mapping[str, Any] | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S
+) -> ChildOutcome:
+    """Run ``target(*args, **kwargs)`` in a fresh spawned process, waiting on its pipe and sentinel (no polling)."""
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_child_main, args=(writer, os.getpid(), target, args, dict(kwargs or {})), name="harness-variant"
+    )
+    oom_before = _cgroup_oom_kills()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        process.start()
+        writer.close()  # the child holds the only write end: its death reads as EOF
+        message = None
+        while message is None:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait([reader, process.sentinel], remaining)
+            if not ready:
+                return ChildOutcome(error=f"timed out after {timeout_s:g} s")
+            # Read before judging an exit: a child may send its row and exit at once.
+            if reader in ready or reader.poll():
+                try:
+                    message = reader.recv()
+                except EOFError:
+                    break
+            elif process.sentinel in ready:
+                break
+        if message is None:
+            process.join()
+            return ChildOutcome(error=_exit_reason(process.exitcode, oom_before))
+        process.join(EXIT_GRACE_S)  # a child stuck in native teardown is killed in finally; its row stands
+        if message[0] == "ok":
+            return ChildOutcome(value=message[1])
+        return ChildOutcome(error=message[1], traceback=message[2])
+    finally:
+        _stop(process)
+        reader.close()
+
+
+# ---- the results file ---------------------------------------------------------------------------
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a results JSONL file in order; a torn last line (a run killed mid-write) is left out."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_bytes().split(b"\n")
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines) - 1:  # no newline after it: the write was cut short
+                continue
+            raise UserError(f"{path}: line {number + 1} is not JSON; delete the file or pass another results path")
+    return rows
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that lacks its newline, so the next append starts on a line of its own."""
+    with open(path, "rb+") as file:
+        data = file.read()
+        if data and not data.endswith(b"\n"):
+            file.truncate(data.rfind(b"\n") + 1)
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def append_result(path: str | Path, row: Mapping[str, Any]) -> None:
+    """Append one row as a JSON line and make it durable before returning."""
+    line = json.dumps(row, allow_nan=True) + "\n"
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(line)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+# ---- a run ------------------------------------------------------------------------------------
+def run_variants(
+    jobs: Sequence[VariantJob],
+    results_path: str | Path,
+    *,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    resume: bool = False,
+    retry_failed: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run each job in its own child, appending its row to ``results_path``; return one row per job, in job order.
+
+    Without ``resume`` the file starts empty. With it, variants that already
+    have a row there are not run again (failed ones are, with ``retry_failed``).
+    ``on_row`` sees each new row as it is written (for progress output).
+    """
+    names = [job.variant for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique, got {names}")
+    path = Path(results_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict[str, Any]] = {}
+    if resume and path.exists():
+        _drop_torn_tail(path)
+        for row in read_results(path):
+            done[row.get("variant")] = row  # the last row of a variant wins
+        if retry_failed:
+            done = {name: row for name, row in done.items() if row.get("status") != "failed"}
+    else:
+        path.write_bytes(b"")
+    for job in jobs:
+        if job.variant in done:
+            continue
+        row = _run_job(job, timeout_s)
+        append_result(path, row)
+        done[job.variant] = row
+        if on_row is not None:
+            on_row(row)
+    return [done[name] for name in names]
+
+
+def _run_job(job: VariantJob, timeout_s: float | None) -> dict[str, Any]:
+    outcome = run_in_child(job.target, job.args, job.kwargs, timeout_s)
+    if not outcome.ok:
+        return failed_row(job, outcome.error, outcome.traceback)
+    if not isinstance(outcome.value, dict):
+        return failed_row(job, f"the child returned {type(outcome.value).__name__}, not a result row (dict)")
+    row = dict(outcome.value)
+    row.setdefault("variant", job.variant)
+    row.setdefault("runtime", job.runtime)
+    row.setdefault("precision", job.precision)
+    row.setdefault("status", "ok")
+    row.setdefault("error", None)
+    return row
+
