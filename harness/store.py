@@ -112,7 +112,8 @@ def load(run_id: str, path: str | os.PathLike | None = None) -> dict:
     """The stored run whose id is ``run_id`` or starts with it (a unique prefix)."""
     store_path = Path(path or default_path()).expanduser()
     if not store_path.exists():
-        raise UserError(f"no results store at {store_path}; run `python -m harness compare` first or pass --store")
+        raise UserError(f"run {run_id!r}: no results store at {store_path}; "
+                        "run `python -m harness compare` first or pass --store")
     if not run_id:
         raise UserError("empty run id; `python -m harness history` lists the stored runs")
     with closing(_open(store_path)) as conn:
