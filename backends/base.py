@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from harness.environment import usable_cpus
 from harness.manifest import Variant
 
 # Rows of float32 logits handed out at once: 256 x 49,152 x 4 B = 50 MB for SmolLM2.
@@ -57,7 +58,8 @@ class Backend(abc.ABC):
 
     def __init__(self, variant: Variant, threads: int | None = None, device: str = "cpu"):
         self.variant = variant
-        self.threads = threads
+        # Explicit everywhere: left to themselves the runtimes disagree (llama-cpp-python takes half the cores).
+        self.threads = threads or usable_cpus()
         self.device = device
         self.eos_token_ids: frozenset[int] = frozenset()
 

@@ -19,9 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import default_threads, loaded_backend, prepared_variants, summary, variant_from_gguf
+from common import loaded_backend, prepared_variants, summary, variant_from_gguf
 
 from harness.efficiency import measure_efficiency, speed_token_pool
+from harness.environment import usable_cpus
 from harness.manifest import Variant
 
 # llama-bench's settings worth printing beside its figures: they decide its speed.
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", help="GGUF files (default: the default model's llamacpp-q8_0)")
     parser.add_argument("--llama-bench", type=Path, default=None, help="the llama-bench binary (default: where build_llama_tools.sh puts it)")
-    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--threads", type=int, default=usable_cpus())
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5)

@@ -18,10 +18,11 @@ import sys
 import traceback
 
 import numpy as np
-from common import DEFAULT_VARIANTS, default_threads, loaded_backend, prepared_variants, summary, variant_from_dir
+from common import DEFAULT_VARIANTS, loaded_backend, prepared_variants, summary, variant_from_dir
 from direct_loops import DIRECT
 
 from harness.efficiency import DECODE_PROMPT_TOKENS, measure_efficiency, speed_token_pool
+from harness.environment import usable_cpus
 from harness.manifest import Variant
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant-dir", action="append", default=[], help="a variant directory (manifest.json); repeatable")
     parser.add_argument("--runtimes", default="llamacpp,ort,torch", help="runtimes to bench when no --variant-dir is given")
-    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--threads", type=int, default=usable_cpus())
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5, help="measured rounds (>= 5 for the reported medians)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -57,10 +56,6 @@ def loaded_backend(variant: Variant, threads: int):
     backend = open_backend(variant, threads=threads)
     backend.load()
     return backend
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def summary(values: list[float]) -> dict[str, float | list[float]]:

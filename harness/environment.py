@@ -26,6 +26,11 @@ ALTERNATIVE_DISTRIBUTIONS = {
 }
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), the default thread count of every runtime."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else psutil.cpu_count() or 1
+
+
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo, else what ``platform`` knows."""
     try:
@@ -92,7 +97,7 @@ def capture_environment(threads: int | None = None) -> dict[str, Any]:
         "cpu": cpu_model(),
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cpus": psutil.cpu_count(logical=True),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else psutil.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "threads": threads,
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "os": platform.platform(),

@@ -18,7 +18,7 @@ import numpy as np
 
 from harness.backends.base import Backend
 from harness.backends.llamacpp.config import RUNTIME, LlamaCppSettings
-from harness.backends.pytorch.config import tokenizer_eos_ids
+from harness.backends.eos import tokenizer_eos_ids
 from harness.manifest import Variant
 
 

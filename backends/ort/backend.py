@@ -13,7 +13,7 @@ import onnxruntime_genai as og
 
 from harness.backends.base import Backend
 from harness.backends.ort.config import GENAI_CONFIG, RUNTIME, OrtSettings
-from harness.backends.pytorch.config import tokenizer_eos_ids
+from harness.backends.eos import tokenizer_eos_ids
 from harness.manifest import Variant
 
 

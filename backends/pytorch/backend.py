@@ -11,7 +11,8 @@ import transformers
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from harness.backends.base import Backend
-from harness.backends.pytorch.config import RUNTIME, TORCH_DTYPES, TorchSettings, tokenizer_eos_ids
+from harness.backends.eos import tokenizer_eos_ids
+from harness.backends.pytorch.config import RUNTIME, TORCH_DTYPES, TorchSettings
 from harness.manifest import Variant
 
 

@@ -1,10 +1,8 @@
-"""Settings of the PyTorch (transformers) backend, and the tokenizer facts every backend shares; no heavy imports."""
+"""Settings of the PyTorch (transformers) backend; no heavy imports."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 RUNTIME = "torch"
 
@@ -17,43 +15,3 @@ class TorchSettings:
     """How transformers runs a variant."""
 
     attn_implementation: str = field(default="sdpa", metadata={"help": "transformers attention kernel"})
-
-
-def tokenizer_eos_ids(tokenizer_path: str | Path) -> frozenset[int]:
-    """EOS ids of the shared tokenizer directory: tokenizer_config's eos_token plus config/generation_config ids.
-
-    Reads JSON only, so every backend can call it without importing transformers.
-    A path that is not a transformers directory (e.g. a GGUF file) gives no ids.
-    """
-    root = Path(tokenizer_path)
-    if not root.is_dir():
-        return frozenset()
-    ids: set[int] = set()
-    for name in ("config.json", "generation_config.json"):
-        ids |= _int_ids(_read_json(root / name).get("eos_token_id"))
-    eos = _read_json(root / "tokenizer_config.json").get("eos_token")
-    eos = eos.get("content") if isinstance(eos, dict) else eos
-    if isinstance(eos, str):
-        vocab = _token_ids(root / "tokenizer.json")
-        if eos in vocab:
-            ids.add(vocab[eos])
-    return frozenset(ids)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def _int_ids(value) -> set[int]:
-    if value is None:
-        return set()
-    return {int(v) for v in value} if isinstance(value, list) else {int(value)}
-
-
-def _token_ids(tokenizer_json: Path) -> dict[str, int]:
-    data = _read_json(tokenizer_json)
-    ids = {t["content"]: int(t["id"]) for t in data.get("added_tokens", [])}
-    vocab = data.get("model", {}).get("vocab", {})
-    if isinstance(vocab, dict):
-        ids = {**vocab, **ids}
-    return ids
