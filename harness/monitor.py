@@ -45,10 +45,13 @@ class ResourceUsage:
 
 
 def os_peak_rss_mb(pid: int | None = None) -> float | None:
-    """The kernel's max RSS for ``pid`` (default: this process): ru_maxrss for itself, VmHWM for another."""
-    if pid is None or pid == os.getpid():
-        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return max_rss / MB if sys.platform == "darwin" else max_rss / 1024  # bytes on macOS, KiB on Linux
+    """The kernel's max RSS for ``pid`` (default: this process), from VmHWM in /proc.
+
+    Not ``ru_maxrss``: Linux carries it over from the parent through fork and
+    exec, so a spawned child would report its parent's peak when that is larger.
+    Outside Linux (no /proc), ``ru_maxrss`` of this process is the best there is.
+    """
+    pid = os.getpid() if pid is None else pid
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
@@ -56,6 +59,9 @@ def os_peak_rss_mb(pid: int | None = None) -> float | None:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    if pid == os.getpid():
+        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max_rss / MB if sys.platform == "darwin" else max_rss / 1024  # bytes on macOS, KiB on Linux
     return None
 
 
