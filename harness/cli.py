@@ -7,12 +7,13 @@ modules when it runs, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from harness.errors import UserError
 
 # compare's default budgets: all 13 variants of the default model in under 5 minutes on 2 cores.
-DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_TOKENS = 2048
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_GEN_TOKENS = 64
 
@@ -112,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds one variant may take before it counts as failed (default 900)")
     answer = compare.add_argument_group("answer")
     answer.add_argument("--reference", default=None,
-                        help="variant that KLD and ΔPPL are measured against (default: llamacpp-f32, "
-                             "else the full-precision variant of the first available runtime)")
+                        help="variant that KLD and ΔPPL are measured against, added to the run when missing "
+                             "(default: llamacpp-f32, else the full-precision variant of the first available "
+                             "runtime); `none`: PPL only")
     answer.add_argument("--max-ppl-increase", type=_fraction_pct, default=5.0,
                         help="PPL increase over the reference, in %%, a recommendation may accept (default 5)")
     answer.add_argument("--memory-budget", type=_megabytes, default=None,
@@ -175,8 +177,6 @@ def _run_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse prints usage + one error line, exits 2
@@ -188,3 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the command again to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0

@@ -15,6 +15,7 @@ RESULTS_NAME = "results.jsonl"
 RUN_ID_NAME = "run_id"
 # The reference is re-run beside every variant, so the fastest full-precision runtime goes first.
 REFERENCE_ORDER = ("llamacpp-f32", "ort-fp32", "torch-fp32")
+NO_REFERENCE = "none"
 
 
 def run_compare(args) -> int:
@@ -22,7 +23,7 @@ def run_compare(args) -> int:
     from harness.accuracy import DEFAULT_PROMPTS
     from harness.cli import DEFAULT_MAX_TOKENS
     from harness.corpus import load_corpus
-    from harness.environment import capture_environment
+    from harness.environment import capture_environment, usable_cpus
     from harness.measure import MeasureSettings, measure_variant
     from harness.prepare_command import prepare_with_progress
     from harness.protocols import build_windows
@@ -31,11 +32,12 @@ def run_compare(args) -> int:
     from harness.tokenizer import load_tokenizer
 
     started = time.perf_counter()
+    threads = args.threads or usable_cpus()  # one explicit count for every runtime and the kernels
     source = resolve_source(args.model)
     corpus = load_corpus(text=args.text, dataset=args.dataset, text_field=args.text_field)
     names = _with_reference(args.variants, args.reference)
 
-    prepared = prepare_with_progress(source, names, args.cache_dir, args.threads)
+    prepared = prepare_with_progress(source, names, args.cache_dir, threads)
     variants = [v for v in prepared.variants.values() if args.variants is None or v.name in names]
     reference = _choose_reference(args.reference, variants)
     hf_dir = Path(prepared.variants["torch-fp32"].path) if "torch-fp32" in prepared.variants else None
@@ -47,7 +49,7 @@ def run_compare(args) -> int:
     tokens_scored = sum(w.n_scored for w in windows)
     out_dir, run_id = _out_dir_and_run_id(args)  # only once every input has been checked
     prompts = [tokenizer.encode(p) for p in DEFAULT_PROMPTS]
-    settings = MeasureSettings(args.threads, args.device, args.prompt_tokens, args.gen_tokens,
+    settings = MeasureSettings(threads, args.device, args.prompt_tokens, args.gen_tokens,
                                args.warmup, args.repetitions)
     print(f"scoring {tokens_scored} tokens of {corpus.name} ({len(windows)} windows of {args.ctx}, "
           f"{args.protocol}) per variant; reference {reference.name if reference else 'none'}", file=sys.stderr)
@@ -66,10 +68,10 @@ def run_compare(args) -> int:
         "model": {"name": source.name, "source": str(source.path), "source_sha256": source.sha256},
         "corpus": {"name": corpus.name, "source": corpus.source, "protocol": args.protocol, "ctx": args.ctx,
                    "tokens_scored": tokens_scored, "windows": len(windows), "tokenizer": tokenizer.kind},
-        "environment": capture_environment(args.threads),
+        "environment": capture_environment(threads),
         "reference": reference.name if reference else None,
         "settings": {
-            "threads": args.threads, "device": args.device, "max_ppl_increase_pct": args.max_ppl_increase,
+            "threads": threads, "device": args.device, "max_ppl_increase_pct": args.max_ppl_increase,
             "memory_budget_mb": args.memory_budget, "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens, "repetitions": args.repetitions, "warmup": args.warmup,
             "max_tokens": max_tokens, "max_chunks": args.max_chunks,
@@ -120,21 +122,28 @@ def _newest_run_dir() -> Path:
 
 def _with_reference(names: list[str] | None, reference: str | None) -> list[str] | None:
     """The variants to prepare: the requested ones, plus the reference they are compared against."""
-    if names is None:
-        return None
-    wanted = list(names)
-    if reference and reference not in wanted:
-        wanted.append(reference)
-    return wanted
+    if names is None or reference == NO_REFERENCE:
+        return names
+    reference = reference or _default_reference()
+    return names if reference is None or reference in names else [*names, reference]
+
+
+def _default_reference() -> str | None:
+    from harness.backends import runtime_unavailable_reason
+
+    return next((n for n in REFERENCE_ORDER if runtime_unavailable_reason(n.split("-")[0]) is None), None)
 
 
 def _choose_reference(requested: str | None, variants: list):
     from harness.backends import runtime_unavailable_reason
 
+    if requested == NO_REFERENCE:
+        return None
     by_name = {v.name: v for v in variants}
     if requested:
         if requested not in by_name:
-            raise UserError(f"--reference {requested}: not a variant of this run; choose from {', '.join(by_name)}")
+            raise UserError(f"--reference {requested}: not a variant of this run; choose from "
+                            f"{', '.join(by_name)} or none")
         return by_name[requested]
     for name in REFERENCE_ORDER:
         if name in by_name and runtime_unavailable_reason(by_name[name].runtime) is None:
