@@ -70,11 +70,9 @@ def pixels_near(image: np.ndarray, hex_colour: str, tolerance: float = 0.03) -> 
     return np.all(np.abs(image - rgb) < tolerance, axis=-1)
 
 
-def test_report_html_shows_the_plot_and_the_table_in_chromium(tmp_path):
-    paths = report_files.write_report(run_with_thirteen_variants(), tmp_path / "out")
-    image = screenshot(paths["report.html"], tmp_path)
+def assert_shows_plot_above_table(image: np.ndarray) -> None:
+    """The screenshot of a report page shows the trade-off plot, and the table below it, not a blank page."""
     assert image.shape[:2] == (HEIGHT, WIDTH)
-
     distinct = len(np.unique((image * 255).astype(np.uint8).reshape(-1, 3), axis=0))
     assert distinct > 200, f"only {distinct} distinct colours: the page looks blank"
 
@@ -92,6 +90,11 @@ def test_report_html_shows_the_plot_and_the_table_in_chromium(tmp_path):
     box = image[plot_rows.min():plot_rows.max() + 1, plot_cols.min():plot_cols.max() + 1]
     other_ink = int(((box.min(axis=-1) < 0.9) & ~pixels_near(box, report_files.FRONTIER_COLOUR)).sum())
     assert other_ink > 5000, f"only {other_ink} drawn pixels besides the frontier in the plot area"
+
+
+def test_report_html_shows_the_plot_and_the_table_in_chromium(tmp_path):
+    paths = report_files.write_report(run_with_thirteen_variants(), tmp_path / "out")
+    assert_shows_plot_above_table(screenshot(paths["report.html"], tmp_path))
 
 
 def test_a_page_without_the_plot_fails_the_same_check(tmp_path):

@@ -1,0 +1,134 @@
+"""``python -m harness compare`` end to end on the real model, three runtimes, a small budget.
+
+Two runs go into one store, so ``history``, ``show`` and ``diff`` have
+something real to read; the files of the first run are checked against the
+report schema the README documents.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+# One variant per runtime and the reference; tiny speed budgets (the figures are not judged here).
+VARIANTS = "llamacpp-q4_k_m,ort-int4,torch-bf16"
+SMALL_BUDGET = ("--max-tokens", "1024", "--repetitions", "2", "--warmup", "0",
+                "--prompt-tokens", "32", "--gen-tokens", "8")
+REPORT_FILES = ("report.json", "results.csv", "report.md", "tradeoff.png", "report.html", "results.jsonl")
+ACCURACY_KEYS = ("ppl", "ppl_stderr", "nll_mean", "word_ppl", "bits_per_byte", "kld_mean", "kld_p99",
+                 "top1_agreement", "delta_p_rms")
+EFFICIENCY_KEYS = ("load_s", "size_bytes", "bits_per_weight", "prefill_tok_s", "decode_tok_s", "ttft_ms",
+                   "itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "peak_rss_mb", "cpu_util_pct")
+TIMED_KEYS = ("prefill_tok_s", "decode_tok_s", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms")
+
+
+def harness(*args: str, cwd) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def two_runs(prepared, tmp_path_factory):
+    """Two stored compare runs: A with all four variants, B without torch-bf16."""
+    root = tmp_path_factory.mktemp("e2e")
+    store = str(root / "runs.sqlite")
+    first = harness("compare", "--variants", VARIANTS, *SMALL_BUDGET, "--out", "a", "--store", store, cwd=root)
+    second = harness("compare", "--variants", "llamacpp-q4_k_m,ort-int4", *SMALL_BUDGET, "--out", "b",
+                     "--store", store, "--json", "-", cwd=root)
+    return root, store, first, second
+
+
+def test_compare_prints_the_table_and_writes_every_file(two_runs):
+    root, _, first, _ = two_runs
+    for name in ("llamacpp-q4_k_m", "ort-int4", "torch-bf16"):
+        runtime, precision = name.split("-", 1)
+        assert any(line.split()[:2] == [runtime, precision] for line in first.stdout.splitlines()), first.stdout
+    assert "Fastest within +5% PPL of llamacpp-f32" in first.stdout
+    for name in REPORT_FILES:
+        assert (root / "a" / name).stat().st_size > 0, name
+    assert (root / "a" / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(root / "a" / "results.csv", newline="") as handle:
+        assert sorted(r["variant"] for r in csv.DictReader(handle)) == sorted(
+            ["llamacpp-f32", "llamacpp-q4_k_m", "ort-int4", "torch-bf16"])
+
+
+def test_report_json_follows_the_documented_schema(two_runs):
+    root, *_ = two_runs
+    report = json.loads((root / "a" / "report.json").read_text())
+    assert report["schema_version"] == 1
+    assert report["model"]["name"] == "smollm2-135m"
+    corpus = report["corpus"]
+    assert (corpus["name"], corpus["protocol"], corpus["ctx"]) == ("pydoc-topics", "chunked", 512)
+    assert corpus["tokens_scored"] == 2 * 255  # two windows of 512, second halves (the last target has no next)
+    assert report["environment"]["threads"] >= 1 and report["environment"]["versions"]["llama_cpp"]
+    assert report["reference"] == "llamacpp-f32"
+    rows = {r["variant"]: r for r in report["results"]}
+    assert set(rows) == {"llamacpp-f32", "llamacpp-q4_k_m", "ort-int4", "torch-bf16"}
+    for name, row in rows.items():
+        assert row["status"] == "ok" and row["error"] is None, (name, row.get("error"))
+        assert row["runtime"] == name.split("-")[0] and row["precision"] == name.split("-", 1)[1]
+        assert set(ACCURACY_KEYS) <= set(row["accuracy"]), name
+        assert set(EFFICIENCY_KEYS) <= set(row["efficiency"]), name
+        assert row["accuracy"]["tokens_scored"] == corpus["tokens_scored"]
+        for key in TIMED_KEYS:
+            low, high = row["efficiency"][f"{key}_spread"]
+            assert low <= row["efficiency"][key] <= high, (name, key)
+        assert "gpu_peak_mem_mb" not in row["efficiency"]  # no GPU here: absent, not zero
+    # The reference has no divergence from itself; every other variant has one, and quantization costs some.
+    assert rows["llamacpp-f32"]["accuracy"]["kld_mean"] is None
+    assert 0 < rows["torch-bf16"]["accuracy"]["kld_mean"] < rows["llamacpp-q4_k_m"]["accuracy"]["kld_mean"]
+    assert rows["llamacpp-q4_k_m"]["accuracy"]["ppl"] > rows["llamacpp-f32"]["accuracy"]["ppl"]
+
+
+def test_json_to_stdout_is_the_report_and_the_table_goes_to_stderr(two_runs):
+    root, _, _, second = two_runs
+    report = json.loads(second.stdout)
+    assert report == json.loads((root / "b" / "report.json").read_text())
+    assert "llamacpp" in second.stderr and "q4_k_m" in second.stderr
+
+
+def test_history_show_and_diff_read_both_stored_runs(two_runs):
+    root, store, *_ = two_runs
+    run_a = (root / "a" / "run_id").read_text().strip()
+    run_b = (root / "b" / "run_id").read_text().strip()
+    history = harness("history", "--store", store, cwd=root).stdout
+    assert history.index(run_b) < history.index(run_a)  # newest first
+    assert "4/4" in history and "3/3" in history
+
+    shown = harness("show", run_a[:-2], "--store", store, cwd=root).stdout  # a unique prefix is enough
+    assert run_a in shown and "torch" in shown and "bf16" in shown
+
+    diff = harness("diff", run_a, run_b, "--store", store, cwd=root).stdout
+    lines = {line.split()[0]: line for line in diff.splitlines() if line.startswith(("torch-", "ort-", "llamacpp-"))}
+    assert set(lines) == {"llamacpp-f32", "llamacpp-q4_k_m", "ort-int4", "torch-bf16"}
+    assert "(absent)" in lines["torch-bf16"]
+    # Accuracy is deterministic: the same tokens give the same PPL in both runs.
+    ppl_a, ppl_b = re.search(r"ok\s+([\d.]+) → ([\d.]+) \(", lines["llamacpp-q4_k_m"]).groups()
+    assert ppl_a == ppl_b
+    assert "beyond the measured noise" in diff
+
+
+def test_resume_of_a_finished_run_redoes_nothing(two_runs):
+    root, store, *_ = two_runs
+    before = (root / "b" / "results.jsonl").read_text()
+    done = harness("compare", "--variants", "llamacpp-q4_k_m,ort-int4", *SMALL_BUDGET, "--out", "b", "--resume",
+                   "--store", store, cwd=root)
+    assert (root / "b" / "results.jsonl").read_text() == before
+    assert "q4_k_m" in done.stdout
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="headless Chromium check runs on Linux")
+def test_report_html_of_a_real_run_shows_plot_and_table_in_chromium(two_runs, tmp_path):
+    from test_report_html import CHROMIUM, assert_shows_plot_above_table, screenshot
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    root, *_ = two_runs
+    assert_shows_plot_above_table(screenshot(root / "a" / "report.html", tmp_path))
