@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--ctx", type=_positive_int, default=512, help="tokens per window (default 512)")
     text.add_argument("--stride", type=_positive_int, default=None, help="strided protocol step (default ctx/2)")
     text.add_argument("--max-tokens", type=_positive_int, default=None,
-                      help=f"score at most the first N tokens of the text (default {DEFAULT_MAX_TOKENS})")
+                      help=f"score at most the first N tokens of the text (default {DEFAULT_MAX_TOKENS} "
+                           "when neither --max-chunks nor --full is given)")
     text.add_argument("--max-chunks", type=_positive_int, default=None, help="score at most N windows")
     text.add_argument("--full", action="store_true", help="score the whole text (no token budget)")
     speed = compare.add_argument_group("speed")

@@ -43,7 +43,9 @@ def run_compare(args) -> int:
     hf_dir = Path(prepared.variants["torch-fp32"].path) if "torch-fp32" in prepared.variants else None
     tokenizer = load_tokenizer(source.kind, source.path, hf_dir)
     text = tokenizer.tokenize_corpus(corpus)
-    max_tokens = None if args.full else (args.max_tokens or DEFAULT_MAX_TOKENS)
+    # --max-chunks alone is a budget of its own: the default token budget applies only when no budget is given.
+    default_budget = None if args.full or args.max_chunks else DEFAULT_MAX_TOKENS
+    max_tokens = args.max_tokens or default_budget
     windows = build_windows(text.token_ids, args.protocol, args.ctx, args.stride, tokenizer.bos_id,
                             max_tokens, args.max_chunks, text_name=corpus.name)
     tokens_scored = sum(w.n_scored for w in windows)
