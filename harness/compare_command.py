@@ -21,7 +21,6 @@ NO_REFERENCE = "none"
 def run_compare(args) -> int:
     from harness import report, report_files, store
     from harness.accuracy import DEFAULT_PROMPTS
-    from harness.cli import DEFAULT_MAX_TOKENS
     from harness.corpus import load_corpus
     from harness.environment import capture_environment, usable_cpus
     from harness.measure import MeasureSettings, measure_variant
@@ -43,9 +42,7 @@ def run_compare(args) -> int:
     hf_dir = Path(prepared.variants["torch-fp32"].path) if "torch-fp32" in prepared.variants else None
     tokenizer = load_tokenizer(source.kind, source.path, hf_dir)
     text = tokenizer.tokenize_corpus(corpus)
-    # --max-chunks alone is a budget of its own: the default token budget applies only when no budget is given.
-    default_budget = None if args.full or args.max_chunks else DEFAULT_MAX_TOKENS
-    max_tokens = args.max_tokens or default_budget
+    max_tokens = token_budget(args.max_tokens, args.max_chunks, args.full)
     windows = build_windows(text.token_ids, args.protocol, args.ctx, args.stride, tokenizer.bos_id,
                             max_tokens, args.max_chunks, text_name=corpus.name)
     tokens_scored = sum(w.n_scored for w in windows)
@@ -93,6 +90,15 @@ def run_compare(args) -> int:
             report_files.write_atomic(Path(args.json), report_files.report_json(run).encode())
     print(f"files: {out_dir}  (run {run_id}, {run['wall_s']:.0f} s)", file=sys.stderr)
     return 0
+
+
+def token_budget(max_tokens: int | None, max_chunks: int | None, full: bool) -> int | None:
+    """The text's first N tokens to window: --max-tokens, else the default unless --max-chunks or --full is given."""
+    from harness.cli import DEFAULT_MAX_TOKENS
+
+    if max_tokens:
+        return max_tokens
+    return None if full or max_chunks else DEFAULT_MAX_TOKENS
 
 
 def _out_dir_and_run_id(args) -> tuple[Path, str]:

@@ -132,3 +132,13 @@ def test_report_html_of_a_real_run_shows_plot_and_table_in_chromium(two_runs, tm
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     root, *_ = two_runs
     assert_shows_plot_above_table(screenshot(root / "a" / "report.html", tmp_path))
+
+
+def test_token_budget_defaults_only_when_no_budget_is_given():
+    from harness.cli import DEFAULT_MAX_TOKENS
+    from harness.compare_command import token_budget
+
+    assert token_budget(None, None, False) == DEFAULT_MAX_TOKENS
+    assert token_budget(None, 40, False) is None  # --max-chunks 40 scores 40 chunks, not the default's 4
+    assert token_budget(None, None, True) is None
+    assert token_budget(1000, 40, False) == 1000
