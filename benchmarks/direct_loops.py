@@ -39,7 +39,7 @@ class DirectLlama:
         self.one_batch = llama_cpp.llama_batch_get_one(self.one, 1)
 
     def _clear(self) -> None:
-        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), False)
 
     def _argmax(self) -> int:
         logits = self.lib.llama_get_logits_ith(self.ctx, -1)  # waits for the graph to finish
