@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import naive
 import numpy as np
 import pytest
 
@@ -112,18 +113,42 @@ def test_fp32_variants_greedy_generate_the_same_tokens(prepared, token_ids):
     assert all(margin < TIE_MARGIN for *_, margin in ties), ties
 
 
-@pytest.mark.parametrize("name", FP32)
-def test_start_and_block_size_do_not_change_the_logits(prepared, windows, name):
-    seq = windows[1][:80]
-    with open_backend(prepared[name], threads=THREADS) as backend:
-        whole = np.concatenate([b.logits for b in backend.logit_blocks(seq, start=0, block_rows=256)])
-        blocks = list(backend.logit_blocks(seq, start=30, block_rows=7))
+def _whole_and_blocks(backend, seq):
+    whole = np.concatenate([b.logits for b in backend.logit_blocks(seq, start=0, block_rows=256)])
+    blocks = list(backend.logit_blocks(seq, start=30, block_rows=7))
     assert whole.shape == (79, 49152) and whole.dtype == np.float32
     assert [b.start for b in blocks] == list(range(30, 79, 7)) and all(len(b.targets) <= 7 for b in blocks)
     assert all(b.logits.flags.c_contiguous and b.logits.dtype == np.float32 for b in blocks)
     np.testing.assert_array_equal(np.concatenate([b.targets for b in blocks]), seq[31:])
-    # Chunked evaluation reorders float sums a little (llama.cpp: also the f16 KV cache); no more.
-    np.testing.assert_allclose(np.concatenate([b.logits for b in blocks]), whole[30:], atol=2e-3, rtol=0)
+    return whole, np.concatenate([b.logits for b in blocks])
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_start_and_block_size_do_not_change_the_logits(prepared, windows, name):
+    seq = windows[1][:80]
+    with open_backend(prepared[name], threads=THREADS) as backend:
+        whole, blocked = _whole_and_blocks(backend, seq)
+    if name.startswith("llamacpp"):
+        # llama.cpp's flash attention (on by default, as in llama-bench and llama-perplexity) rounds
+        # through f16 differently when a sequence arrives in several decode calls: up to ~0.03 in a
+        # logit and ~0.01 nats in a target's log-probability. The exact check is the next test.
+        np.testing.assert_allclose(blocked, whole[30:], atol=5e-2, rtol=0)
+        np.testing.assert_allclose(naive.token_nll(blocked, seq[31:]), naive.token_nll(whole[30:], seq[31:]),
+                                   atol=2e-2, rtol=0)
+    else:
+        # Chunked evaluation reorders float sums a little; no more.
+        np.testing.assert_allclose(blocked, whole[30:], atol=2e-3, rtol=0)
+
+
+def test_llamacpp_blocks_are_bit_identical_without_flash_attention(prepared, windows):
+    """With flash attention off llama.cpp's logits do not depend on the split: any misalignment would show."""
+    from harness.backends.llamacpp.backend import LlamaCppBackend
+    from harness.backends.llamacpp.config import LlamaCppSettings
+
+    seq = windows[1][:80]
+    with LlamaCppBackend(prepared["llamacpp-f32"], THREADS, settings=LlamaCppSettings(flash_attn=False)) as backend:
+        whole, blocked = _whole_and_blocks(backend, seq)
+    np.testing.assert_array_equal(blocked, whole[30:])
 
 
 def test_every_variant_answers_logprobs_and_generate(prepared, windows):

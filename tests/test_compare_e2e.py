@@ -16,9 +16,10 @@ import sys
 import pytest
 
 # One variant per runtime and the reference; tiny speed budgets (the figures are not judged here).
+# One thread: OpenMP runtimes slow down many times over when another job holds the other core.
 VARIANTS = "llamacpp-q4_k_m,ort-int4,torch-bf16"
 SMALL_BUDGET = ("--max-tokens", "1024", "--repetitions", "2", "--warmup", "0",
-                "--prompt-tokens", "32", "--gen-tokens", "8")
+                "--prompt-tokens", "32", "--gen-tokens", "8", "--threads", "1")
 REPORT_FILES = ("report.json", "results.csv", "report.md", "tradeoff.png", "report.html", "results.jsonl")
 ACCURACY_KEYS = ("ppl", "ppl_stderr", "nll_mean", "word_ppl", "bits_per_byte", "kld_mean", "kld_p99",
                  "top1_agreement", "delta_p_rms")
@@ -67,7 +68,7 @@ def test_report_json_follows_the_documented_schema(two_runs):
     corpus = report["corpus"]
     assert (corpus["name"], corpus["protocol"], corpus["ctx"]) == ("pydoc-topics", "chunked", 512)
     assert corpus["tokens_scored"] == 2 * 255  # two windows of 512, second halves (the last target has no next)
-    assert report["environment"]["threads"] >= 1 and report["environment"]["versions"]["llama_cpp"]
+    assert report["environment"]["threads"] == 1 and report["environment"]["versions"]["llama_cpp"]
     assert report["reference"] == "llamacpp-f32"
     rows = {r["variant"]: r for r in report["results"]}
     assert set(rows) == {"llamacpp-f32", "llamacpp-q4_k_m", "ort-int4", "torch-bf16"}
@@ -81,6 +82,7 @@ def test_report_json_follows_the_documented_schema(two_runs):
             low, high = row["efficiency"][f"{key}_spread"]
             assert low <= row["efficiency"][key] <= high, (name, key)
         assert "gpu_peak_mem_mb" not in row["efficiency"]  # no GPU here: absent, not zero
+        assert row["backend"]["threads"] == 1, (name, row["backend"])  # --threads reaches every runtime
     # The reference has no divergence from itself; every other variant has one, and quantization costs some.
     assert rows["llamacpp-f32"]["accuracy"]["kld_mean"] is None
     assert 0 < rows["torch-bf16"]["accuracy"]["kld_mean"] < rows["llamacpp-q4_k_m"]["accuracy"]["kld_mean"]
