@@ -233,7 +233,9 @@ def recommendations(
     scored = [r for r in rows if is_ok(r) and metric(r, "ppl") is not None]
     lines = []
 
-    if ref_ppl is None:
+    if reference is None:
+        lines.append(f"No reference variant (--reference none): nothing to measure a +{max_pct:g}% PPL limit against.")
+    elif ref_ppl is None:
         lines.append(f"No PPL for the reference {reference}: cannot judge which variants are within +{max_pct:g}% PPL.")
     else:
         within = [r for r in scored if metric(r, "ppl") <= ref_ppl * (1 + max_pct / 100)]

@@ -153,6 +153,14 @@ def test_recommendations_without_a_reference_say_so():
     assert lines[1].startswith("Most accurate (no memory budget set): torch-fp32")
 
 
+def test_recommendations_of_a_run_with_reference_none_say_so():
+    run = sample_run()
+    run["reference"] = None
+    lines = report.recommendations(run)
+    assert lines[0].startswith("No reference variant (--reference none)")
+    assert lines[1].startswith("Most accurate (no memory budget set)")
+
+
 def test_render_text_survives_rows_with_missing_sections():
     run = {"run_id": "r1", "reference": "x-f32", "results": [{"variant": "x-f32", "status": "ok"}]}
     text = report.render_text(run)
