@@ -47,6 +47,7 @@ def fp32_logprobs(prepared, windows) -> dict[str, np.ndarray]:
             out[name] = np.concatenate(backend.logprobs(windows))
             if backend.runtime == "llamacpp":
                 out["kv_cache_type"] = backend.describe()["kv_cache_type"]
+                out["flash_attn"] = backend.describe()["flash_attn"]
     return out
 
 
@@ -64,7 +65,8 @@ def test_equal_weights_agree_on_mean_and_per_token_nll(fp32_logprobs):
         lp = fp32_logprobs[name]
         rel = abs(lp.mean() / ref.mean() - 1)
         worst = np.abs(lp - ref).max()
-        print(f"{name} vs torch-fp32 (llama.cpp KV cache {kv}): mean NLL {-lp.mean():.6f} vs {-ref.mean():.6f}, "
+        print(f"{name} vs torch-fp32 (llama.cpp KV cache {kv}, flash attention "
+              f"{fp32_logprobs['flash_attn']}): mean NLL {-lp.mean():.6f} vs {-ref.mean():.6f}, "
               f"relative {rel:.2e}, worst token {worst:.2e} nats")
         assert rel < 1e-4, name
         assert worst < 2e-2, name
