@@ -25,12 +25,12 @@ TIE_MARGIN = 1e-3  # a greedy divergence is accepted only where the two tokens' 
 
 
 @pytest.fixture(scope="module")
-def token_ids(prepared, wikitext_text) -> np.ndarray:
-    """The wikitext test set's first ~10k tokens, through the one tokenizer all variants share."""
+def token_ids(prepared, real_text) -> np.ndarray:
+    """The first ~10k tokens of real text (WikiText-2's test set), through the one tokenizer all variants share."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(Path(prepared["torch-fp32"].tokenizer_path, "tokenizer.json")))
-    return np.asarray(tokenizer.encode(wikitext_text[:60_000], add_special_tokens=False).ids, dtype=np.int64)
+    return np.asarray(tokenizer.encode(real_text[:60_000], add_special_tokens=False).ids, dtype=np.int64)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_mean_nll_rises_as_llamacpp_quantization_coarsens(prepared, windows, fp3
     for name in ("llamacpp-q8_0", "llamacpp-q4_k_m", "llamacpp-q2_k"):
         with open_backend(prepared[name], threads=THREADS) as backend:
             nll[name] = -np.concatenate(backend.logprobs(windows)).mean()
-    print("mean NLL over 2 x 512 wikitext tokens:", {k: round(float(v), 5) for k, v in nll.items()})
+    print("mean NLL over 2 x 512 tokens of real text:", {k: round(float(v), 5) for k, v in nll.items()})
     values = list(nll.values())
     assert values == sorted(values) and len(set(values)) == len(values), nll
 
