@@ -315,7 +315,7 @@ def header_lines(run: dict) -> list[str]:
     ]
     if machine:
         lines.append(f"machine: {machine}")
-    if settings.get("threads"):
+    if settings.get("threads") and "threads" not in env:  # older runs kept it in the settings only
         lines.append(f"threads {settings['threads']}")
     return lines
 
