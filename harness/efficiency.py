@@ -5,9 +5,8 @@ tokens, so speed does not depend on the corpus, and a fresh prompt per
 repetition so no runtime can serve one from a prefix cache. Two tests, as
 llama-bench's ``pp`` and ``tg``:
 
-- prefill: a ``prompt_tokens`` prompt through ``backend.prefill(ids)`` when the
-  backend has that hook, else ``backend.generate(ids, 1)``; ``prompt_tokens /
-  seconds``. ``generate(ids, 1)`` also gives the time to first token.
+- prefill: ``backend.generate(ids, 1)`` of a ``prompt_tokens`` prompt: its time
+  to first token, and ``prompt_tokens / TTFT`` as the prefill speed.
 - decode: ``backend.generate`` of ``gen_tokens`` from a one-token prompt, so
   each produced token costs one single-token step from an empty cache, as
   llama-bench's ``tg``; ``tokens produced / seconds`` and the per-token stamps
@@ -73,19 +72,12 @@ def load_seconds(backend: Backend, clock: Callable[[], float] = time.perf_counte
     return clock() - t0
 
 
-def _prefill(backend: Backend, prompt: np.ndarray, clock: Callable[[], float]) -> tuple[float, float | None]:
-    """Seconds to process ``prompt``, and the time to first token when it came from ``generate``."""
-    hook = getattr(backend, "prefill", None)
-    if hook is None:
-        generation = backend.generate(prompt, 1)
-        if not generation.token_times_s:
-            raise RuntimeError(f"{backend.variant.name}: generate(prompt, 1) produced no token")
-        return generation.ttft_s, generation.ttft_s
-    backend.synchronize()
-    t0 = clock()
-    hook(prompt)
-    backend.synchronize()
-    return clock() - t0, None
+def _prefill_seconds(backend: Backend, prompt: np.ndarray) -> float:
+    """Time to the first token of ``prompt``: the prefill, as a deployment sees it."""
+    generation = backend.generate(prompt, 1)
+    if not generation.token_times_s:
+        raise RuntimeError(f"{backend.variant.name}: generate(prompt, 1) produced no token")
+    return generation.ttft_s
 
 
 def _decode(backend: Backend, draw: Callable[[int], np.ndarray], gen_tokens: int):
@@ -135,19 +127,15 @@ def measure_efficiency(
         return rng.choice(pool, size=n).astype(np.int64)
 
     for _ in range(warmup):
-        _prefill(backend, draw(prompt_tokens), clock)
+        _prefill_seconds(backend, draw(prompt_tokens))
         _decode(backend, draw, gen_tokens)
 
     gpu_index = _gpu_index(backend.device)
-    prefill_s, ttft_s, decode_tok_s, itl_ms, gpu_runs = [], [], [], [], []
+    ttft_s, decode_tok_s, itl_ms, gpu_runs = [], [], [], []
     with ResourceMonitor(clock=clock) as resources:
         for _ in range(repetitions):
             with GpuMonitor(gpu_index) if gpu_index is not None else _NoGpu() as gpu:
-                seconds, ttft = _prefill(backend, draw(prompt_tokens), clock)
-            prefill_s.append(seconds)
-            if ttft is None:  # the prefill hook gives no first token: time one
-                ttft = backend.generate(draw(prompt_tokens), 1).ttft_s
-            ttft_s.append(ttft)
+                ttft_s.append(_prefill_seconds(backend, draw(prompt_tokens)))
             gpu_runs.append((gpu.metrics, None))
             with GpuMonitor(gpu_index) if gpu_index is not None else _NoGpu() as gpu:
                 generation = _decode(backend, draw, gen_tokens)
@@ -159,7 +147,7 @@ def measure_efficiency(
 
     itl = np.asarray(itl_ms)  # (repetitions, 3): p50, p90, p99 of each decode run
     figures = {
-        "prefill_tok_s": Stats.from_values([prompt_tokens / s for s in prefill_s], "tok/s"),
+        "prefill_tok_s": Stats.from_values([prompt_tokens / s for s in ttft_s], "tok/s"),
         "decode_tok_s": Stats.from_values(decode_tok_s, "tok/s"),
         "ttft_ms": Stats.from_values([1000.0 * s for s in ttft_s], "ms"),
     }

@@ -150,25 +150,6 @@ def test_each_repetition_draws_a_fresh_prompt_of_allowed_ids_only_after_discarde
     assert sorted(len(p) for p in backend.prompts).count(1) == 7  # decode starts from one token, as llama-bench tg
 
 
-class PrefillHookBackend(FakeBackend):
-    """A FakeBackend with the optional ``prefill`` hook."""
-
-    def __init__(self):
-        super().__init__(vocab_size=16)
-        self.prefilled: list[int] = []
-
-    def prefill(self, token_ids) -> None:
-        self.prefilled.append(len(token_ids))
-
-
-def test_prefill_hook_is_used_when_the_backend_has_one():
-    backend = PrefillHookBackend()
-    backend.load()
-    eff = measure_efficiency(backend, prompt_tokens=32, gen_tokens=4, warmup=1, repetitions=5, token_pool=np.arange(16))
-    assert backend.prefilled == [32] * 6
-    assert eff["prefill_tok_s"] > 0 and eff["ttft_ms"] > 0
-
-
 def test_efficiency_of_a_fake_backend_has_every_schema_key_with_spreads_and_no_gpu_keys():
     backend = FakeBackend(vocab_size=16, seed=3)
     load_s = load_seconds(backend)
