@@ -32,9 +32,8 @@ class OrtBackend(Backend):
     def load(self) -> None:
         self._genai = json.loads(Path(self.variant.path, GENAI_CONFIG).read_text())
         config = og.Config(self.variant.path)
-        if self.threads:
-            session = {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1}
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
+        session = {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
         provider = self.settings.provider or ("cuda" if self.device.startswith("cuda") else None)
         if provider:
             config.clear_providers()
@@ -48,13 +47,12 @@ class OrtBackend(Backend):
         self._model = None
 
     def describe(self) -> dict[str, Any]:
-        session = self._genai.get("model", {}).get("decoder", {}).get("session_options", {})
         return {
             "runtime": RUNTIME,
             "version": _version("onnxruntime-genai"),
             "onnxruntime_version": _version("onnxruntime"),
             "device": self.device,
-            "threads": self.threads or session.get("intra_op_num_threads") or "runtime default",
+            "threads": self.threads,
             "dtype": self.variant.precision,
             "provider": self.settings.provider or ("cuda" if self.device.startswith("cuda") else "cpu"),
         }
