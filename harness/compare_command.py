@@ -22,6 +22,7 @@ def run_compare(args) -> int:
     from harness import report, report_files, store
     from harness.accuracy import DEFAULT_PROMPTS
     from harness.corpus import load_corpus
+    from harness.efficiency import speed_token_pool
     from harness.environment import capture_environment, usable_cpus
     from harness.measure import MeasureSettings, measure_variant
     from harness.prepare_command import prepare_with_progress
@@ -48,13 +49,14 @@ def run_compare(args) -> int:
     tokens_scored = sum(w.n_scored for w in windows)
     out_dir, run_id = _out_dir_and_run_id(args)  # only once every input has been checked
     prompts = [tokenizer.encode(p) for p in DEFAULT_PROMPTS]
+    token_pool = speed_token_pool(hf_dir or source.path)  # every variant shares the model's vocabulary
     settings = MeasureSettings(threads, args.device, args.prompt_tokens, args.gen_tokens,
                                args.warmup, args.repetitions)
     print(f"scoring {tokens_scored} tokens of {corpus.name} ({len(windows)} windows of {args.ctx}, "
           f"{args.protocol}) per variant; reference {reference.name if reference else 'none'}", file=sys.stderr)
 
     jobs = [VariantJob(v.name, v.runtime, v.precision, measure_variant,
-                       (v, reference, windows, text, prompts, settings)) for v in variants]
+                       (v, reference, windows, text, prompts, settings, token_pool)) for v in variants]
     rows = run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=args.timeout, resume=args.resume,
                         on_row=_progress_line(len(jobs)))
     rows += [{"variant": name, "runtime": name.split("-")[0], "precision": name.split("-", 1)[1],

@@ -27,11 +27,14 @@ def measure_variant(
     text: Any,
     prompts: Sequence[Sequence[int]],
     settings: MeasureSettings,
+    token_pool: Any = None,
 ) -> dict[str, Any]:
     """The result row of ``variant`` (run in a fresh child, so load time and peak RSS are its own).
 
     Speed and memory are measured with only this variant loaded; the reference
     is loaded afterwards for the accuracy pass, so it never inflates peak RSS.
+    ``token_pool`` is the ids speed prompts are drawn from (``speed_token_pool``),
+    read once by the caller: from a GGUF it takes seconds.
     """
     from harness.accuracy import score_variant
     from harness.backends import RuntimeUnavailable, open_backend
@@ -49,7 +52,8 @@ def measure_variant(
         load_s = load_seconds(backend)  # loads it: cold, in this fresh process
         row["backend"] = backend.describe()
         row["efficiency"] = measure_efficiency(
-            backend, settings.prompt_tokens, settings.gen_tokens, settings.warmup, settings.repetitions, load_s=load_s
+            backend, settings.prompt_tokens, settings.gen_tokens, settings.warmup, settings.repetitions,
+            load_s=load_s, token_pool=token_pool,
         )
         if reference is None or reference.name == variant.name:
             row["accuracy"] = score_variant(backend, windows, None, text=text)

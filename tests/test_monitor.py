@@ -95,6 +95,7 @@ class ScriptedBackend(Backend):
         self.stop_after = stop_after
         self.calls = 0
         self.prompts: list[np.ndarray] = []
+        self.budgets: list[int] = []  # max_new_tokens of each call
 
     def load(self) -> None: ...
 
@@ -113,6 +114,7 @@ class ScriptedBackend(Backend):
         step = self.step_s[self.calls % len(self.step_s)]
         self.calls += 1
         self.prompts.append(np.asarray(prompt_ids))
+        self.budgets.append(max_new_tokens)
         n = min(max_new_tokens, self.stop_after or max_new_tokens)
         first = len(prompt_ids) * self.prompt_s_per_token if len(prompt_ids) > 1 else step
         times = [100.0 + first + i * step for i in range(n)]
@@ -148,6 +150,8 @@ def test_each_repetition_draws_a_fresh_prompt_of_allowed_ids_only_after_discarde
     assert len(long_prompts) == 7 and len({p.tobytes() for p in long_prompts}) == 7  # no prefix cache can help
     assert all(np.isin(p, pool).all() for p in backend.prompts)
     assert sorted(len(p) for p in backend.prompts).count(1) == 7  # decode starts from one token, as llama-bench tg
+    # Warm-ups: a full prefill and a two-token decode; measured decodes ask for all gen_tokens.
+    assert backend.budgets[:4] == [1, 2, 1, 2] and backend.budgets[4:] == [1, 4] * 5
 
 
 def test_efficiency_of_a_fake_backend_has_every_schema_key_with_spreads_and_no_gpu_keys():
