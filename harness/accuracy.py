@@ -41,6 +41,7 @@ from harness.backends.base import DEFAULT_BLOCK_ROWS, Backend, LogitBlock
 from harness.corpus import TokenizedText
 from harness.kernels import Quantiles, RunningStats, divergence, token_nll
 from harness.protocols import Window
+from harness.reference_record import LogitRecorder, RecordedReference
 
 # Prompts for generation agreement: short, plain, and answerable by a small model.
 DEFAULT_PROMPTS = (
@@ -79,18 +80,21 @@ ACCURACY_KEYS = (
 def score_variant(
     backend: Backend,
     windows: Sequence[Window],
-    reference: Backend | None = None,
+    reference: Backend | RecordedReference | None = None,
     *,
     text: TokenizedText | None = None,
     prompts: Sequence[Sequence[int]] | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    record: LogitRecorder | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     """The ``accuracy`` dict of the result schema for ``backend`` on ``windows``.
 
     Both backends must be loaded. With ``reference`` (another variant, never
-    ``backend`` itself) the divergence keys are filled, else they are None.
+    ``backend`` itself, or its record) the divergence keys are filled, else
+    they are None. ``record`` (reference=None only) keeps the scored logits and
+    the greedy continuations of ``prompts`` for later variants.
     ``text`` (the tokenization the windows came from) gives word and byte
     perplexity; without it they are None. ``prompts`` (token ids) give
     ``generation_divergence`` when there is a reference. ``wall_s`` times the
@@ -102,13 +106,18 @@ def score_variant(
     nll = RunningStats()
     div = _DivergenceStats() if reference is not None else None
     n_bytes = n_words = 0
-    for window in windows:
+    if record is not None and reference is not None:
+        raise ValueError("record the reference's own pass: pass record with reference=None")
+    for index, window in enumerate(windows):
         blocks = backend.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
         if reference is None:
-            for block in blocks:
+            for block in blocks if record is None else record.tee(blocks):
                 nll.add(token_nll(block.logits, block.targets))
         else:
-            ref_blocks = reference.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
+            if isinstance(reference, RecordedReference):
+                ref_blocks = reference.window_blocks(index, block_rows)
+            else:
+                ref_blocks = reference.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
             for ref_logits, test_logits, targets in aligned_rows(ref_blocks, blocks):
                 nll.add(token_nll(test_logits, targets))
                 div.add(divergence(ref_logits, test_logits, targets))
@@ -123,10 +132,15 @@ def score_variant(
     result["bits_per_byte"] = total_nll / math.log(2) / n_bytes if n_bytes else None
     result.update(div.summary() if div is not None else dict.fromkeys(DIVERGENCE_KEYS))
     result["generation_divergence"] = None
+    if record is not None:
+        record.finish(greedy_continuations(backend, prompts or (), max_new_tokens))
     if reference is not None and prompts:
+        if isinstance(reference, RecordedReference):
+            ref_continuations = reference.continuations
+        else:
+            ref_continuations = greedy_continuations(reference, prompts, max_new_tokens)
         result["generation_divergence"] = first_divergences(
-            greedy_continuations(reference, prompts, max_new_tokens),
-            greedy_continuations(backend, prompts, max_new_tokens),
+            ref_continuations, greedy_continuations(backend, prompts, max_new_tokens)
         )
     result["wall_s"] = clock() - start_s
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ def run_compare(args) -> int:
     from harness.measure import MeasureSettings, measure_variant
     from harness.prepare_command import prepare_with_progress
     from harness.protocols import build_windows
+    from harness.reference_record import record_limit
     from harness.runner import VariantJob, run_variants
     from harness.sources import resolve_source
     from harness.tokenizer import load_tokenizer
@@ -55,10 +57,15 @@ def run_compare(args) -> int:
     print(f"scoring {tokens_scored} tokens of {corpus.name} ({len(windows)} windows of {args.ctx}, "
           f"{args.protocol}) per variant; reference {reference.name if reference else 'none'}", file=sys.stderr)
 
-    jobs = [VariantJob(v.name, v.runtime, v.precision, measure_variant,
-                       (v, reference, windows, text, prompts, settings, token_pool)) for v in variants]
-    rows = run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=args.timeout, resume=args.resume,
-                        on_row=_progress_line(len(jobs)))
+    # The reference runs first and records its logits for the others (harness.reference_record).
+    order = sorted(variants, key=lambda v: v is not reference)
+    with tempfile.TemporaryDirectory(prefix="harness-reference-") as record_dir:
+        record = (record_dir, record_limit(record_dir))
+        jobs = [VariantJob(v.name, v.runtime, v.precision, measure_variant,
+                           (v, reference, windows, text, prompts, settings, token_pool, record)) for v in order]
+        by_name = {row["variant"]: row for row in run_variants(
+            jobs, out_dir / RESULTS_NAME, timeout_s=args.timeout, resume=args.resume, on_row=_progress_line(len(jobs)))}
+    rows = [by_name[v.name] for v in variants]
     rows += [{"variant": name, "runtime": name.split("-")[0], "precision": name.split("-", 1)[1],
               "status": "failed", "error": f"not built: {reason}"} for name, reason in prepared.skipped.items()]
 

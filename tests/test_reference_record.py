@@ -1,0 +1,89 @@
+"""A reference recorded once and read back gives every variant the same accuracy as the reference run live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.accuracy import score_variant
+from harness.backends import open_backend
+from harness.protocols import build_windows
+from harness.reference_record import LOGITS_NAME, LogitRecorder, RecordedReference
+from fakes import FakeBackend, fake_variant
+
+PROMPTS = [[1, 2, 3], [4, 5]]
+NEW_TOKENS = 6
+
+
+def _without_wall(accuracy: dict) -> dict:
+    return {k: v for k, v in accuracy.items() if k != "wall_s"}
+
+
+def _record(reference, windows, directory, limit=1 << 30, prompts=PROMPTS):
+    recorder = LogitRecorder(directory, limit)
+    own = score_variant(reference, windows, None, prompts=prompts, max_new_tokens=NEW_TOKENS, record=recorder)
+    recorder.discard()  # what measure_variant does; a no-op once finished
+    return own
+
+
+def test_real_model_recorded_reference_scores_a_variant_exactly_as_the_live_one(prepared, real_text, tmp_path):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(prepared["torch-fp32"].tokenizer_path, "tokenizer.json")))
+    ids = tokenizer.encode(real_text[:20_000], add_special_tokens=False).ids
+    # Chunked windows score only each window's second half, so the record's row offsets are exercised.
+    windows = build_windows(ids, "chunked", 256, None, None, max_tokens=768)
+    assert len(windows) == 3 and all(w.score_start > 0 for w in windows)
+    with open_backend(prepared["llamacpp-f32"], threads=1) as ref, open_backend(prepared["llamacpp-q8_0"], threads=1) as test:
+        plain_own = score_variant(ref, windows, None)
+        recorded_own = _record(ref, windows, tmp_path, prompts=PROMPTS)
+        # Same block size as the record: with flash attention llama.cpp's logits depend on how a window is split.
+        live = score_variant(test, windows, ref, prompts=PROMPTS, max_new_tokens=NEW_TOKENS)
+        recorded = score_variant(test, windows, RecordedReference(tmp_path, windows), prompts=PROMPTS,
+                                 max_new_tokens=NEW_TOKENS)
+    assert _without_wall(recorded_own) == _without_wall(plain_own)  # recording leaves the reference's own row alone
+    assert (tmp_path / LOGITS_NAME).stat().st_size == sum(w.n_scored for w in windows) * 49152 * 4
+    assert recorded.keys() == live.keys()
+    for key, value in _without_wall(live).items():
+        assert recorded[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+    assert live["kld_mean"] > 0 and live["generation_divergence"] is not None
+
+
+@pytest.fixture
+def fake_pair():
+    ref = FakeBackend(fake_variant("ref"), vocab_size=32, seed=1)
+    test = FakeBackend(fake_variant("test"), vocab_size=32, seed=2)
+    ref.load()
+    test.load()
+    windows = build_windows(np.arange(200) % 29, "chunked", 64, None, None)
+    return ref, test, windows
+
+
+def test_a_record_past_its_limit_is_dropped_and_the_variant_runs_the_reference_live(fake_pair, tmp_path):
+    ref, test, windows = fake_pair
+    own = _record(ref, windows, tmp_path, limit=1000)  # 32 floats a row: well under one window
+    assert own["ppl"] > 0
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+    assert RecordedReference.open_if_complete(tmp_path, windows) is None
+
+
+def test_an_unfinished_record_is_never_read(fake_pair, tmp_path):
+    ref, _, windows = fake_pair
+    recorder = LogitRecorder(tmp_path, 1 << 20)
+    blocks = recorder.tee(ref.logit_blocks(windows[0].token_ids, windows[0].score_start))
+    next(blocks)  # the reference's child dies here
+    assert RecordedReference.open_if_complete(tmp_path, windows) is None
+    recorder.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fake_recorded_reference_matches_live_with_other_block_cuts(fake_pair, tmp_path):
+    ref, test, windows = fake_pair
+    _record(ref, windows, tmp_path)
+    live = score_variant(test, windows, ref, prompts=PROMPTS, max_new_tokens=NEW_TOKENS, block_rows=5)
+    recorded = score_variant(test, windows, RecordedReference(tmp_path, windows), prompts=PROMPTS,
+                             max_new_tokens=NEW_TOKENS, block_rows=7)
+    for key, value in _without_wall(live).items():
+        assert recorded[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
