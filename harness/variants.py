@@ -25,6 +25,7 @@ from harness.paths import cache_dir
 from harness.sources import Source
 
 TMP_PREFIX = ".tmp-"
+SOURCE_TYPE_NAME = "source-file-type"  # the source GGUF's file type, e.g. q4_1 (it names a variant)
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,25 @@ def prepare(
     """
     on_event = on_event or (lambda name, state: None)
     threads = threads or os.cpu_count() or 1
-    reader = build_gguf.read_gguf(source.path) if source.kind == "gguf" else None
-    specs = catalogue(source, build_gguf.file_type_name(reader) if reader else None)
+    model_dir = cache_dir(cache) / source.cache_key
+    # Parsing the source GGUF takes seconds, so its file type is kept beside its variants and it is read again
+    # only to build one; a new or damaged file has another hash, hence no cache yet, and is read (and checked) now.
+    reader = None
+    source_type = _cached_source_type(model_dir) if source.kind == "gguf" else None
+    if source.kind == "gguf" and source_type is None:
+        reader = build_gguf.read_gguf(source.path)
+        source_type = build_gguf.file_type_name(reader)
+    specs = catalogue(source, source_type)
     by_name = {s.name: s for s in specs}
     wanted = _with_dependencies(names or list(by_name), by_name)
 
-    model_dir = cache_dir(cache) / source.cache_key
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cache dir {model_dir}: cannot create it ({exc.strerror}); pass --cache-dir DIR") from None
     _remove_stale_tmp(model_dir)
+    if source_type is not None:
+        _keep_source_type(model_dir, source_type)
     result = PrepareResult(model_dir)
 
     for spec in specs:
@@ -102,6 +111,8 @@ def prepare(
             on_event(spec.name, f"skipped: {result.skipped[spec.name]}")
             continue
         on_event(spec.name, "building")
+        if source.kind == "gguf" and reader is None:
+            reader = build_gguf.read_gguf(source.path)
         try:
             variant = _build_atomically(spec, source, reader, model_dir, result.variants, threads)
         except UserError:
@@ -114,6 +125,19 @@ def prepare(
         result.built.append(spec.name)
         on_event(spec.name, "built")
     return result
+
+
+def _cached_source_type(model_dir: Path) -> str | None:
+    path = model_dir / SOURCE_TYPE_NAME
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+def _keep_source_type(model_dir: Path, source_type: str) -> None:
+    path = model_dir / SOURCE_TYPE_NAME
+    if not path.is_file():
+        tmp = model_dir / f"{TMP_PREFIX}{SOURCE_TYPE_NAME}-{os.getpid()}"
+        tmp.write_text(source_type + "\n")
+        os.replace(tmp, path)
 
 
 def load_prepared(source: Source, cache: str | os.PathLike | None = None) -> dict[str, Variant]:
@@ -270,4 +294,7 @@ def _remove_stale_tmp(model_dir: Path) -> None:
     for tmp in model_dir.glob(f"{TMP_PREFIX}*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if not (pid.isdigit() and psutil.pid_exists(int(pid)) and int(pid) != os.getpid()):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)

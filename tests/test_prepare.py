@@ -39,7 +39,13 @@ def test_prepare_builds_all_thirteen_named_variants_with_manifests(prepared, sou
     assert bits["ort-fp32"] > 4 * bits["ort-int4"] / 1.3
 
 
-def test_second_prepare_does_no_work(prepared, source):
+def test_second_prepare_does_no_work(prepared, source, monkeypatch):
+    from harness import build_gguf
+
+    def no_read(path):
+        raise AssertionError("a prepare with nothing to build parsed the source GGUF")
+
+    monkeypatch.setattr(build_gguf, "read_gguf", no_read)  # the source's file type (q4_1) comes from the cache
     result = prepare(source)
     assert result.built == []
     assert set(result.variants) == ALL_VARIANTS
