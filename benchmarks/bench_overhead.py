@@ -3,8 +3,9 @@
 For each runtime, the harness backend (through ``measure_efficiency``) and a
 bare loop (``direct_loops.py``) run the same variant with the same threads,
 in turns, one repetition each per round, on fresh random prompts. Prints the
-medians and the ratios direct/harness (goal: <= 1.05); ``--json`` prints an
-object keyed by runtime.
+medians and the ratios direct/harness (goal: <= 1.05), and the median of the
+per-round (paired) ratios, which a drift in machine speed does not move;
+``--json`` prints an object keyed by runtime.
 
     python benchmarks/bench_overhead.py                      # the default model's prepared variants
     python benchmarks/bench_overhead.py --variant-dir DIR    # one or more variant directories
@@ -71,6 +72,10 @@ def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens
         "direct": {"prefill_tok_s": stats["direct_prefill"], "decode_tok_s": stats["direct_decode"]},
         "ratio_prefill": stats["direct_prefill"]["median"] / stats["harness_prefill"]["median"],
         "ratio_decode": stats["direct_decode"]["median"] / stats["harness_decode"]["median"],
+        # Per round, direct/harness of two back-to-back repetitions: a drift in machine speed over the
+        # run, which moves both medians, cancels within a round.
+        "paired_ratio_prefill": summary(np.divide(values["direct_prefill"], values["harness_prefill"]).tolist()),
+        "paired_ratio_decode": summary(np.divide(values["direct_decode"], values["harness_decode"]).tolist()),
     }
 
 
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results[variant.runtime] = bench_runtime(variant, args.threads, args.prompt_tokens, args.gen_tokens, args.reps)
             r = results[variant.runtime]  # progress, so a long run that is cut short still reports what it finished
-            print(f"{variant.runtime}: direct/harness prefill {r['ratio_prefill']:.3f}, decode {r['ratio_decode']:.3f}", file=sys.stderr)
+            print(f"{variant.runtime}: direct/harness prefill {r['ratio_prefill']:.3f}, decode {r['ratio_decode']:.3f}; "
+                  f"paired {r['paired_ratio_prefill']['median']:.3f}, {r['paired_ratio_decode']['median']:.3f}",
+                  file=sys.stderr)
         except Exception as exc:  # one runtime failing still reports the others
             traceback.print_exc(file=sys.stderr)
             results[variant.runtime] = {"variant": variant.name, "error": f"{type(exc).__name__}: {exc}"}
@@ -111,19 +118,26 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for runtime, r in results.items():
         if "error" in r:
-            rows.append([runtime, r["variant"], "error", r["error"], "", "", "", ""])
+            rows.append([runtime, r["variant"], "error", r["error"], "", "", "", "", "", ""])
             continue
         h, d = r["harness"], r["direct"]
         rows.append([
             runtime, r["variant"],
             h["prefill_tok_s"]["median"], d["prefill_tok_s"]["median"], r["ratio_prefill"],
+            _paired(r["paired_ratio_prefill"]),
             h["decode_tok_s"]["median"], d["decode_tok_s"]["median"], r["ratio_decode"],
+            _paired(r["paired_ratio_decode"]),
         ])
-    headers = ["runtime", "variant", "harness pp tok/s", "direct pp tok/s", "direct/harness pp",
-               "harness tg tok/s", "direct tg tok/s", "direct/harness tg"]
+    headers = ["runtime", "variant", "harness pp tok/s", "direct pp tok/s", "direct/harness pp", "paired pp",
+               "harness tg tok/s", "direct tg tok/s", "direct/harness tg", "paired tg"]
     print(f"threads {args.threads}, pp{args.prompt_tokens}, tg{args.gen_tokens}, medians of {args.reps} interleaved rounds")
-    print(tabulate(rows, headers=headers, floatfmt=("", "", ".1f", ".1f", ".3f", ".1f", ".1f", ".3f")))
+    print(tabulate(rows, headers=headers, floatfmt=("", "", ".1f", ".1f", ".3f", "", ".1f", ".1f", ".3f", "")))
     return 0
+
+
+def _paired(ratios: dict) -> str:
+    low, high = ratios["spread"]
+    return f"{ratios['median']:.3f} [{low:.2f}-{high:.2f}]"
 
 
 if __name__ == "__main__":
