@@ -1,7 +1,7 @@
 """The harness's own overhead: its prefill and decode tok/s against a minimal direct loop on the same runtime.
 
 For each runtime, the harness backend (through ``measure_efficiency``) and a
-bare loop (``direct_loops.py``) run the same variant with the same threads,
+bare loop (``direct_loops.py``) drive the same loaded model with the same threads,
 in turns, one repetition each per round, on fresh random prompts. Prints the
 medians and the ratios direct/harness (goal: <= 1.05), and the median of the
 per-round (paired) ratios, which a drift in machine speed does not move;
@@ -30,7 +30,7 @@ from harness.manifest import Variant
 def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:
     """Interleaved rounds of one harness and one direct repetition, after one warmup of each."""
     backend = loaded_backend(variant, threads)
-    direct = DIRECT[variant.runtime](variant, threads)
+    direct = DIRECT[variant.runtime](variant, threads, shared=_loaded_model(backend))
     pool = speed_token_pool(variant.tokenizer_path)
     rng = np.random.default_rng(12345)
     values: dict[str, list[float]] = {"harness_prefill": [], "harness_decode": [], "direct_prefill": [], "direct_decode": []}
@@ -77,6 +77,11 @@ def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens
         "paired_ratio_prefill": summary(np.divide(values["direct_prefill"], values["harness_prefill"]).tolist()),
         "paired_ratio_decode": summary(np.divide(values["direct_decode"], values["harness_decode"]).tolist()),
     }
+
+
+def _loaded_model(backend):
+    """The runtime's own model object inside a loaded harness backend, for the direct loop to drive too."""
+    return {"llamacpp": lambda: backend._llm, "ort": lambda: backend._model, "torch": lambda: backend.model}[backend.runtime]()
 
 
 def main(argv: list[str] | None = None) -> int:
