@@ -85,10 +85,6 @@ class LogitRecorder:
             self._file = None
         self._partial.unlink(missing_ok=True)
 
-    @property
-    def active(self) -> bool:
-        return self._file is not None
-
 
 class RecordedReference:
     """A finished record, read back window by window as ``LogitBlock``s in the order it was written."""
