@@ -4,11 +4,11 @@ The reference's own child tees the float32 logits of every scored row, window
 after window, into one file, and writes its greedy continuations of the
 generation prompts beside it; the file gets its final name only when whole, so
 a record that exists is complete. Each later child memory-maps it and streams
-it in the same blocks a live reference would give: the same numbers, read
-instead of recomputed (12 reference passes saved in a default run).
+it block by block as a live reference would: the same numbers, read instead of
+recomputed (12 reference passes saved in a default run).
 
-A record costs ``rows x V x 4`` bytes of disk (1,020 x 49,152 x 4 B = 200 MB
-for the default budget). Past ``record_limit`` (2 GiB, about 10,000 scored
+A record costs ``rows x V x 4`` bytes of disk (510 x 49,152 x 4 B = 100 MB for
+the default budget). Past ``record_limit`` (2 GiB, about 10,000 scored
 tokens of SmolLM2, or less where the disk is short) the record is dropped and
 every child runs the reference beside its variant instead, which needs no disk
 at all: the whole of WikiText-2 would take 30 GB.
