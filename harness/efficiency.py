@@ -12,10 +12,11 @@ llama-bench's ``pp`` and ``tg``:
   llama-bench's ``tg``; ``tokens produced / seconds`` and the per-token stamps
   give the inter-token latency percentiles.
 
-Warmups are run and discarded: a full prefill and a two-token decode (llama-bench
-warms ``tg`` up with one token; the second also runs a decode step). The
-``repetitions`` measured ones alternate prefill and decode, so a drift in
-machine speed touches both alike.
+Warmups, each a full prefill and a full decode, are run and discarded. (A
+two-token decode warm-up, as short as llama-bench's one token, measured decode
+0.87-0.92x llama-bench where the full one gave 1.00x, within noise but not
+worth the few seconds it saves.) The ``repetitions`` measured ones alternate
+prefill and decode, so a drift in machine speed touches both alike.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from harness.stats import Stats
 
 DECODE_PROMPT_TOKENS = 1  # llama-bench tg: generation starts from an empty cache
 MAX_DECODE_ATTEMPTS = 5  # prompts to try when one ends in EOS before a second token
-WARMUP_DECODE_TOKENS = 2
 
 # Keys with a median over repetitions, hence a ``_spread`` and a place in ``noisy``.
 TIMED_KEYS = ("prefill_tok_s", "decode_tok_s", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms")
@@ -131,7 +131,7 @@ def measure_efficiency(
 
     for _ in range(warmup):
         _prefill_seconds(backend, draw(prompt_tokens))
-        _decode(backend, draw, min(gen_tokens, WARMUP_DECODE_TOKENS))
+        _decode(backend, draw, gen_tokens)
 
     gpu_index = _gpu_index(backend.device)
     ttft_s, decode_tok_s, itl_ms, gpu_runs = [], [], [], []
