@@ -7,7 +7,7 @@ a time from a one-token prompt, reading the clock only around the work.
 Each takes the model object the harness backend already loaded (``shared``),
 so the two loops drive one model in one process and differ only in the code
 around them, which is what the harness's overhead is. (A second ORT load of
-the same file, which the direct loop once made, ran decode 5-9% faster than
+the same file, which the direct loop once made, ran decode 6-9% faster than
 the harness in three runs, while the same two loops on one loaded model
 differed by 2-3% either way.) Without ``shared`` each loads the variant itself.
 """

@@ -49,7 +49,10 @@ class LogitRecorder:
         self._partial = self.directory / (LOGITS_NAME + ".partial")
         self._limit = limit_bytes
         self._written = 0
-        self._file = open(self._partial, "wb")
+        try:
+            self._file = open(self._partial, "wb")
+        except OSError:  # no record, as for any failed write: the variants run the reference live
+            self._file = None
 
     def tee(self, blocks: Iterable[LogitBlock]) -> Iterator[LogitBlock]:
         for block in blocks:
@@ -91,12 +94,12 @@ class RecordedReference:
 
     def __init__(self, directory: str | Path, windows: Sequence[Window]):
         directory = Path(directory)
-        rows = sum(w.n_scored for w in windows)
+        self._offsets = np.concatenate([[0], np.cumsum([w.n_scored for w in windows])])
+        rows = int(self._offsets[-1])
         logits = np.memmap(directory / LOGITS_NAME, dtype=np.float32, mode="r")
         if rows == 0 or logits.size % rows:
             raise ValueError(f"{directory}: {logits.size} logits do not divide into {rows} scored rows")
         self._logits = logits.reshape(rows, -1)
-        self._offsets = np.concatenate([[0], np.cumsum([w.n_scored for w in windows])])
         self._windows = list(windows)
         self.continuations: list[list[int]] = json.loads((directory / CONTINUATIONS_NAME).read_text())
 

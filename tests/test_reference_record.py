@@ -87,3 +87,35 @@ def test_fake_recorded_reference_matches_live_with_other_block_cuts(fake_pair, t
                              max_new_tokens=NEW_TOKENS, block_rows=7)
     for key, value in _without_wall(live).items():
         assert recorded[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
+def test_a_variant_child_reads_the_record_and_never_loads_the_reference(prepared, real_text, tmp_path, monkeypatch):
+    """What compare's children do: the reference's child records, a variant's child scores from the record."""
+    import harness.backends
+    from harness.measure import MeasureSettings, measure_variant
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(prepared["torch-fp32"].tokenizer_path, "tokenizer.json")))
+    windows = build_windows(tokenizer.encode(real_text[:8_000], add_special_tokens=False).ids, "chunked", 128, None, None,
+                            max_tokens=256)
+    ref, variant = prepared["llamacpp-f32"], prepared["llamacpp-q8_0"]
+    settings = MeasureSettings(1, "cpu", prompt_tokens=16, gen_tokens=4, warmup=0, repetitions=1, prompt_new_tokens=4)
+    record = (str(tmp_path), 1 << 30)
+    ref_row = measure_variant(ref, ref, windows, None, PROMPTS, settings, reference_record=record)
+    assert ref_row["status"] == "ok"
+    assert (tmp_path / LOGITS_NAME).stat().st_size == sum(w.n_scored for w in windows) * 49152 * 4
+
+    opened = []
+    real_open = harness.backends.open_backend
+    monkeypatch.setattr(harness.backends, "open_backend", lambda v, **kw: opened.append(v.name) or real_open(v, **kw))
+    row = measure_variant(variant, ref, windows, None, PROMPTS, settings, reference_record=record)
+    assert opened == [variant.name]  # the reference came from the record
+    assert row["status"] == "ok" and row["accuracy"]["kld_mean"] > 0 and row["accuracy"]["generation_divergence"]
+    assert len(row["accuracy"]["generation_divergence"]) == len(PROMPTS)
+
+
+def test_a_recorder_that_cannot_open_its_file_records_nothing_and_scoring_goes_on(fake_pair, tmp_path):
+    ref, _, windows = fake_pair
+    own = _record(ref, windows, tmp_path / "missing-folder")
+    assert own["ppl"] > 0
+    assert RecordedReference.open_if_complete(tmp_path / "missing-folder", windows) is None
