@@ -27,8 +27,17 @@ ALTERNATIVE_DISTRIBUTIONS = {
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), the default thread count of every runtime."""
+    """CPUs this process may run on (its affinity mask)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else psutil.cpu_count() or 1
+
+
+def thread_count(requested: int | None) -> int:
+    """The thread policy, in one place: the count asked for, else every usable CPU.
+
+    Every runtime, the quantizer and the scoring kernels get this one explicit
+    count: left to themselves they disagree (llama-cpp-python takes half the cores).
+    """
+    return requested or usable_cpus()
 
 
 def cpu_model() -> str:
