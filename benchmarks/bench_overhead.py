@@ -22,9 +22,10 @@ import numpy as np
 from common import DEFAULT_VARIANTS, loaded_backend, prepared_variants, summary, variant_from_dir
 from direct_loops import DIRECT
 
-from harness.efficiency import DECODE_PROMPT_TOKENS, measure_efficiency, speed_token_pool
+from harness.efficiency import DECODE_PROMPT_TOKENS, measure_efficiency
 from harness.environment import usable_cpus
 from harness.manifest import Variant
+from harness.tokenizer import speed_token_pool
 
 
 def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:

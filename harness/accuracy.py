@@ -38,10 +38,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from harness.backends.base import DEFAULT_BLOCK_ROWS, Backend, LogitBlock
-from harness.corpus import TokenizedText
 from harness.kernels import Quantiles, RunningStats, divergence, token_nll
 from harness.protocols import Window
 from harness.reference_record import LogitRecorder, RecordedReference
+from harness.tokenizer import TokenizedText
 
 # Prompts for generation agreement: short, plain, and answerable by a small model.
 DEFAULT_PROMPTS = (

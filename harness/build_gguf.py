@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from harness.errors import UserError
+from harness.native_output import native_stderr_to
 
 # Every llama.cpp variant made by quantizing llamacpp-f32, by llama.cpp's file-type name.
 QUANT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k")
@@ -106,16 +104,3 @@ def quantize(src: Path, dest: Path, quant: str, threads: int) -> None:
         raise RuntimeError(f"llama_model_quantize {quant} failed with status {status}: {last}")
     log.unlink()
 
-
-@contextlib.contextmanager
-def native_stderr_to(path: str | Path):
-    """Send what C libraries write to fd 2 (llama.cpp's logs) to ``path`` instead of the terminal."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "wb") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield path
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)

@@ -1,4 +1,4 @@
-"""The text every variant is scored on: loading it, and tokenizing it once per model.
+"""The text every variant is scored on: loading it (``harness.tokenizer`` tokenizes it).
 
 Sources, chosen by ``load_corpus``:
 
@@ -24,9 +24,6 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
 
 from harness.errors import UserError
 from harness.paths import cache_dir
@@ -47,34 +44,6 @@ class Corpus:
     name: str
     text: str
     source: str
-
-    @property
-    def n_bytes(self) -> int:
-        return len(self.text.encode("utf-8"))
-
-
-@dataclass(frozen=True)
-class TokenizedText:
-    """A corpus tokenized once for one model, with how much text each token covers.
-
-    Token ``k`` covers the characters ``char_ends[k-1] .. char_ends[k]`` of the
-    corpus (from 0 for ``k = 0``; the last token also takes any trailing text), so
-    the tokens partition the text. ``token_bytes[k]`` counts the UTF-8 bytes of that
-    span and ``token_words[k]`` the words that *start* in it (a word is a maximal
-    run of non-whitespace), so summing over any set of tokens never counts a byte
-    or a word twice, and over all tokens gives the text's bytes and words.
-    """
-
-    corpus_name: str
-    token_ids: np.ndarray  # (T,) int64, no BOS/EOS added
-    token_bytes: np.ndarray  # (T,) int64
-    token_words: np.ndarray  # (T,) int64
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-
-# ---- loading ------------------------------------------------------------------
 
 
 def load_corpus(
@@ -195,78 +164,3 @@ def wikitext2_corpus(path: str | os.PathLike | None = None, split: str = "test")
     # undo that so the text is byte-identical to wiki.<split>.raw (minus -f's final newline).
     text = "".join(row if row else " \n" for row in rows)
     return Corpus(f"wikitext-2:wiki.{split}.raw", text[:-1] if text.endswith("\n") else text, "datasets:wikitext-2-raw-v1")
-
-
-# ---- tokenizing -----------------------------------------------------------------
-
-
-def tokenize(tokenizer: Any, corpus: Corpus) -> TokenizedText:
-    """Tokenize the whole corpus once with a Hugging Face tokenizer, adding no special tokens.
-
-    A fast tokenizer's character offsets tie each token to its span of the
-    original text. Without offsets, each token's decoded piece stands in for its
-    span (byte-level pieces that split a character then count U+FFFD's 3 bytes).
-    """
-    text = corpus.text
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        token_ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        char_ends = np.asarray([end for _, end in enc["offset_mapping"]], dtype=np.int64)
-    else:
-        token_ids = np.asarray(tokenizer.encode(text, add_special_tokens=False), dtype=np.int64)
-        pieces = {t: tokenizer.decode([t]) for t in np.unique(token_ids).tolist()}
-        text = "".join(pieces[t] for t in token_ids.tolist())
-        char_ends = np.cumsum([len(pieces[t]) for t in token_ids.tolist()], dtype=np.int64)
-    token_bytes, token_words = token_text_counts(text, char_ends)
-    return TokenizedText(corpus.name, token_ids, token_bytes, token_words)
-
-
-def tokenized_from_pieces(corpus: Corpus, token_ids: Sequence[int], piece_bytes: Sequence[bytes]) -> TokenizedText:
-    """A ``TokenizedText`` from any tokenizer that gives each token's exact bytes, e.g. llama.cpp's.
-
-    ``piece_bytes[k]`` is token ``k``'s piece (llama.cpp: ``Llama.detokenize([id])``); the
-    pieces must join to the corpus's UTF-8 bytes. A character split across tokens
-    belongs to the token holding its first byte.
-    """
-    text_bytes = corpus.text.encode("utf-8")
-    lengths = np.fromiter((len(piece) for piece in piece_bytes), dtype=np.int64, count=len(piece_bytes))
-    if len(lengths) != len(token_ids) or b"".join(piece_bytes) != text_bytes:
-        raise ValueError(f"{corpus.name}: the token pieces do not join to the text; the tokenizer is not lossless")
-    code_points = np.frombuffer(corpus.text.encode("utf-32-le"), dtype=np.uint32)
-    char_first_byte = np.concatenate(([0], np.cumsum(_utf8_lengths(code_points))[:-1]))
-    char_ends = np.searchsorted(char_first_byte, np.cumsum(lengths), side="left")
-    token_bytes, token_words = token_text_counts(corpus.text, char_ends)
-    return TokenizedText(corpus.name, np.asarray(token_ids, dtype=np.int64), token_bytes, token_words)
-
-
-def _utf8_lengths(code_points: np.ndarray) -> np.ndarray:
-    return 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000).astype(np.int64)
-
-
-def token_text_counts(text: str, char_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 bytes and word starts of each token's span, given each token's end offset in ``text``.
-
-    Offsets may overlap or trim whitespace (byte-level BPE, ``trim_offsets``); a
-    running maximum keeps the spans ordered and disjoint, and the last span runs
-    to the end of the text.
-    """
-    ends = np.maximum.accumulate(np.clip(np.asarray(char_ends, dtype=np.int64), 0, len(text)))
-    if len(ends):
-        ends[-1] = len(text)
-    starts = np.concatenate(([0], ends[:-1]))
-    char_bytes = _utf8_lengths(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
-    byte_cum = np.concatenate(([0], np.cumsum(char_bytes, dtype=np.int64)))
-    word_start = np.zeros(len(text) + 1, dtype=np.int64)
-    word_start[[m.start() + 1 for m in re.finditer(r"\S+", text)]] = 1
-    word_cum = np.cumsum(word_start)
-    return byte_cum[ends] - byte_cum[starts], word_cum[ends] - word_cum[starts]
-
-
-def bos_to_add(tokenizer: Any) -> int | None:
-    """The BOS id the tokenizer puts before a text when it adds special tokens, else None."""
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    without = tokenizer("a", add_special_tokens=False)["input_ids"]
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and len(with_special) > len(without) and with_special[0] == bos:
-        return int(bos)
-    return None

@@ -22,7 +22,6 @@ prefill and decode, so a drift in machine speed touches both alike.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -30,40 +29,13 @@ import numpy as np
 from harness.backends.base import Backend
 from harness.monitor import GpuMonitor, ResourceMonitor
 from harness.stats import Stats
+from harness.tokenizer import speed_token_pool
 
 DECODE_PROMPT_TOKENS = 1  # llama-bench tg: generation starts from an empty cache
 MAX_DECODE_ATTEMPTS = 5  # prompts to try when one ends in EOS before a second token
 
 # Keys with a median over repetitions, hence a ``_spread`` and a place in ``noisy``.
 TIMED_KEYS = ("prefill_tok_s", "decode_tok_s", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms")
-
-
-def speed_token_pool(tokenizer_path: str | Path) -> np.ndarray:
-    """Ids a speed prompt may hold: the whole vocabulary except special (control) tokens.
-
-    ``tokenizer_path`` is a GGUF file or a directory with ``tokenizer.json``.
-    """
-    path = Path(tokenizer_path)
-    if path.is_file() and path.suffix == ".gguf":
-        return _gguf_pool(path)
-    tokenizer_json = path / "tokenizer.json" if path.is_dir() else path
-    if not tokenizer_json.is_file():
-        raise FileNotFoundError(f"{tokenizer_path}: no GGUF file nor tokenizer.json to draw speed prompts from")
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    special = {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
-    ids = np.arange(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
-    return ids[~np.isin(ids, list(special))]
-
-
-def _gguf_pool(path: Path) -> np.ndarray:
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(path)).fields["tokenizer.ggml.token_type"]
-    token_types = np.array([field.parts[i][0] for i in field.data])
-    # llama.cpp token types: 2 unknown, 3 control, 5 unused; normal (1), user-defined (4) and byte (6) are text.
-    return np.flatnonzero(~np.isin(token_types, (2, 3, 5))).astype(np.int64)
 
 
 def load_seconds(backend: Backend, clock: Callable[[], float] = time.perf_counter) -> float:

@@ -16,7 +16,7 @@ from harness.accuracy import (
     score_variant,
 )
 from harness.backends.base import LogitBlock
-from harness.corpus import TokenizedText, token_text_counts
+from harness.tokenizer import TokenizedText, token_text_counts
 from harness.protocols import Window, build_windows
 from fakes import FakeBackend, fake_variant
 

@@ -10,9 +10,10 @@ import pytest
 from fakes import FakeBackend, fake_variant
 
 from harness.backends.base import Backend, Generation
-from harness.efficiency import TIMED_KEYS, load_seconds, measure_efficiency, speed_token_pool
+from harness.efficiency import TIMED_KEYS, load_seconds, measure_efficiency
 from harness.monitor import GpuMonitor, ResourceMonitor, nvml_available
 from harness.runner import run_in_child
+from harness.tokenizer import speed_token_pool
 
 EXTRA_MB = 500
 
