@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import report
-
-REPORT_SCHEMA_VERSION = 1
+from harness.results import RunRecord, VariantRow
 RUNTIME_COLOURS = {"torch": "#1f77b4", "ort": "#2ca02c", "llamacpp": "#d62728"}
 OTHER_COLOUR = "#9467bd"
 FRONTIER_COLOUR = "#ff7f0e"
@@ -54,19 +53,18 @@ def json_safe(value):
     return value
 
 
-def report_json(run: dict) -> str:
+def report_json(run: RunRecord) -> str:
     """The run plus what the report derives from it (``summary``), as strict JSON."""
-    document = dict(run)
-    document.setdefault("schema_version", REPORT_SCHEMA_VERSION)
+    document = run.to_dict()
     document["summary"] = report.summary(run)
     return json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
 
 
-def _flat_row(row: dict, ref_ppl: float | None) -> dict:
-    flat = {k: row.get(k) for k in ("variant", "runtime", "precision", "status", "error")}
+def _flat_row(row: VariantRow, ref_ppl: float | None) -> dict:
+    flat = {k: getattr(row, k) for k in ("variant", "runtime", "precision", "status", "error")}
     flat["delta_ppl_pct"] = report.delta_ppl_pct(row, ref_ppl)
-    for section in ("accuracy", "efficiency"):
-        for key, value in (row.get(section) or {}).items():
+    for section in (row.accuracy, row.efficiency):
+        for key, value in (section.to_dict() if section is not None else {}).items():
             if key.endswith("_spread") and isinstance(value, (list, tuple)) and len(value) == 2:
                 flat[f"{key}_min"], flat[f"{key}_max"] = value
             elif isinstance(value, (list, tuple, dict)):
@@ -76,10 +74,10 @@ def _flat_row(row: dict, ref_ppl: float | None) -> dict:
     return flat
 
 
-def results_csv(run: dict) -> str:
+def results_csv(run: RunRecord) -> str:
     """One CSV line per variant: identity, ΔPPL %, then every accuracy and efficiency key (spreads as _min/_max)."""
     ref_ppl = report.reference_ppl(run)
-    flats = [_flat_row(row, ref_ppl) for row in run.get("results", [])]
+    flats = [_flat_row(row, ref_ppl) for row in run.results]
     columns = list(dict.fromkeys(key for flat in flats for key in flat))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
@@ -89,44 +87,41 @@ def results_csv(run: dict) -> str:
     return out.getvalue()
 
 
-def report_markdown(run: dict) -> str:
+def report_markdown(run: RunRecord) -> str:
     """The answer as Markdown: header, table, legend, recommendations, plot."""
     header = "\n".join(f"- {line}" for line in report.header_lines(run))
     recs = "\n".join(f"- {line}" for line in report.recommendations(run))
     return (
-        f"# harness compare: {(run.get('model') or {}).get('name', '')}\n\n{header}\n\n"
+        f"# harness compare: {run.model.name or ''}\n\n{header}\n\n"
         f"{report.render_table(run, 'github')}\n\n{report.LEGEND}\n\n"
         f"## Recommendations\n\n{recs}\n\n![PPL against decode speed](tradeoff.png)\n"
     )
 
 
-def tradeoff_png(run: dict) -> bytes:
+def tradeoff_png(run: RunRecord) -> bytes:
     """PPL against decode tok/s, marker area by peak RSS, colour by runtime, the speed frontier drawn."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display here; must precede pyplot
     import matplotlib.pyplot as plt
 
-    rows = [
-        r for r in run.get("results", [])
-        if report.is_ok(r) and report.metric(r, "ppl") is not None and report.metric(r, "decode_tok_s") is not None
-    ]
+    rows = [r for r in run.results if r.ok and r.metric("ppl") is not None and r.metric("decode_tok_s") is not None]
     fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
     try:
-        rss = [report.metric(r, "peak_rss_mb") for r in rows]
+        rss = [r.metric("peak_rss_mb") for r in rows]
         rss_max = max((m for m in rss if m is not None), default=None)
         for row, mem in zip(rows, rss):
-            x, y = report.metric(row, "decode_tok_s"), report.metric(row, "ppl")
+            x, y = row.metric("decode_tok_s"), row.metric("ppl")
             # Area proportional to memory, 40..600 pt^2; unknown memory gets the smallest marker.
             area = 40 + 560 * (mem / rss_max) if mem and rss_max else 40
-            colour = RUNTIME_COLOURS.get(row.get("runtime"), OTHER_COLOUR)
+            colour = RUNTIME_COLOURS.get(row.runtime, OTHER_COLOUR)
             ax.scatter([x], [y], s=area, color=colour, alpha=0.7, edgecolors="black", linewidths=0.5)
-            ax.annotate(row.get("precision") or row.get("variant", ""), (x, y), xytext=(7, 5), textcoords="offset points", fontsize=8)
+            ax.annotate(row.precision or row.variant, (x, y), xytext=(7, 5), textcoords="offset points", fontsize=8)
         front = report.pareto_front(rows, "decode_tok_s", "ppl")
         if len(front) > 1:
             ax.plot(
-                [report.metric(r, "decode_tok_s") for r in front],
-                [report.metric(r, "ppl") for r in front],
+                [r.metric("decode_tok_s") for r in front],
+                [r.metric("ppl") for r in front],
                 color=FRONTIER_COLOUR, linewidth=2, zorder=0, label="Pareto frontier (speed)",
             )
         ref_ppl = report.reference_ppl(run)
@@ -135,16 +130,16 @@ def tradeoff_png(run: dict) -> bytes:
             ax.axhline(ref_ppl * (1 + max_pct / 100), color="grey", linestyle="--", linewidth=1,
                        label=f"reference PPL +{max_pct:g}%")
         for runtime, colour in RUNTIME_COLOURS.items():
-            if any(r.get("runtime") == runtime for r in rows):
+            if any(r.runtime == runtime for r in rows):
                 ax.scatter([], [], color=colour, label=runtime)
-        ppls = [report.metric(r, "ppl") for r in rows]
+        ppls = [r.metric("ppl") for r in rows]
         if ppls and max(ppls) / min(ppls) > 3:
             ax.set_yscale("log")  # a Q2_K outlier would flatten every other variant
         if not rows:
             ax.text(0.5, 0.5, "no variant has both a PPL and a decode speed", ha="center", transform=ax.transAxes)
         ax.set_xlabel("decode tok/s (higher is better)")
         ax.set_ylabel("perplexity (lower is better)")
-        ax.set_title(f"{(run.get('model') or {}).get('name', '')}: accuracy against speed (marker area: peak RSS)")
+        ax.set_title(f"{run.model.name or ''}: accuracy against speed (marker area: peak RSS)")
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)
@@ -167,9 +162,9 @@ img { max-width: 900px; display: block; margin: 12px 0; }
 """
 
 
-def report_html(run: dict, png: bytes) -> str:
+def report_html(run: RunRecord, png: bytes) -> str:
     """A self-contained page: header, recommendations, the plot inlined as base64, the table."""
-    title = f"harness compare: {(run.get('model') or {}).get('name', '')}"
+    title = f"harness compare: {run.model.name or ''}"
     meta = "".join(f"<div>{html.escape(line)}</div>" for line in report.header_lines(run))
     recs = "".join(f"<li>{html.escape(line)}</li>" for line in report.recommendations(run))
     image = base64.b64encode(png).decode("ascii")
@@ -184,7 +179,7 @@ def report_html(run: dict, png: bytes) -> str:
     )
 
 
-def write_report(run: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+def write_report(run: RunRecord, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write every report file into ``out_dir`` (created if missing); returns name -> path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

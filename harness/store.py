@@ -2,7 +2,8 @@
 
 One row per run in a ``runs`` table: a few columns to list runs without
 parsing them, and the whole run (environment included) as JSON, so a stored
-run renders exactly as it did when it finished.
+run renders exactly as it did when it finished. ``check`` tells a file that is
+no store (a text file, a damaged database) before any work is done.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from tabulate import tabulate
-
-from harness import report
 from harness.errors import UserError
 from harness.paths import STORE_ENV, data_dir
 from harness.report_files import json_safe
+from harness.results import RunRecord, VariantRow
 
 STORE_NAME = "harness.sqlite"
 STORE_SCHEMA_VERSION = 1  # kept in PRAGMA user_version
@@ -50,8 +49,43 @@ def default_path() -> Path:
     return data_dir() / STORE_NAME
 
 
+def resolve_path(path: str | os.PathLike | None) -> Path:
+    return Path(path).expanduser() if path else default_path()
+
+
+def check(path: str | os.PathLike | None = None) -> Path:
+    """The store's path, once it is known to be usable: a harness store, or a file that can be created there.
+
+    Raises ``UserError`` naming the file and what to do, so ``compare`` fails
+    before measuring rather than when saving.
+    """
+    store_path = resolve_path(path)
+    if store_path.is_dir():
+        raise _not_a_store(store_path, "it is a folder")
+    if not store_path.exists():
+        folder = next(p for p in store_path.parents if p.exists())  # created when the first run is saved
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise _not_a_store(store_path, f"{folder} is not a writable folder")
+        return store_path
+    try:
+        with closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)) as conn:
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "runs" not in tables:
+                raise _not_a_store(store_path, "it is a SQLite database of something else")
+            if "runs" in tables:
+                conn.execute("SELECT run_id, run_json FROM runs LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise _not_a_store(store_path, f"it is not a SQLite database ({exc})") from None
+    return store_path
+
+
+def _not_a_store(path: Path, why: str) -> UserError:
+    return UserError(f"not a harness results store: {why}; pass another file or move this one away",
+                     setting="store", value=path)
+
+
 def _open(path: str | os.PathLike | None) -> sqlite3.Connection:
-    path = Path(path).expanduser() if path else default_path()
+    path = check(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)
     conn.execute(_SCHEMA)
@@ -73,32 +107,30 @@ class RunSummary:
     n_ok: int
 
 
-def save(run: dict, path: str | os.PathLike | None = None) -> str:
+def save(run: RunRecord, path: str | os.PathLike | None = None) -> str:
     """Store ``run`` (replacing a stored run with the same id, as ``--resume`` re-saves); returns its id."""
-    if not run.get("run_id"):
+    if not run.run_id:
         raise ValueError("save: the run has no run_id")
-    run = json_safe(run)  # numpy scalars would reach SQLite as blobs
-    rows = run.get("results", [])
-    corpus = run.get("corpus") or {}
+    document = json_safe(run.to_dict())  # numpy scalars would reach SQLite as blobs
     record = (
-        run["run_id"],
-        run.get("created_utc") or "",
-        (run.get("model") or {}).get("name"),
-        corpus.get("name"),
-        corpus.get("tokens_scored"),
-        run.get("reference"),
-        len(rows),
-        sum(report.is_ok(r) for r in rows),
-        json.dumps(run, allow_nan=False),
+        document["run_id"],
+        document["created_utc"] or "",
+        document["model"]["name"],
+        document["corpus"]["name"],
+        document["corpus"]["tokens_scored"],
+        document["reference"],
+        len(run.results),
+        sum(r.ok for r in run.results),
+        json.dumps(document, allow_nan=False),
     )
     with closing(_open(path)) as conn, conn:
         conn.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", record)
-    return run["run_id"]
+    return run.run_id
 
 
 def list_runs(path: str | os.PathLike | None = None) -> list[RunSummary]:
     """Every stored run, newest first; empty when the store does not exist yet."""
-    if not Path(path or default_path()).expanduser().exists():
+    if not check(path).exists():
         return []
     with closing(_open(path)) as conn:
         records = conn.execute(
@@ -108,9 +140,9 @@ def list_runs(path: str | os.PathLike | None = None) -> list[RunSummary]:
     return [RunSummary(*record) for record in records]
 
 
-def load(run_id: str, path: str | os.PathLike | None = None) -> dict:
+def load(run_id: str, path: str | os.PathLike | None = None) -> RunRecord:
     """The stored run whose id is ``run_id`` or starts with it (a unique prefix)."""
-    store_path = Path(path or default_path()).expanduser()
+    store_path = check(path)
     if not store_path.exists():
         raise UserError(f"run {run_id!r}: no results store at {store_path}; "
                         "run `python -m harness compare` first or pass --store")
@@ -119,7 +151,7 @@ def load(run_id: str, path: str | os.PathLike | None = None) -> dict:
     with closing(_open(store_path)) as conn:
         exact = conn.execute("SELECT run_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if exact:
-            return json.loads(exact[0])
+            return RunRecord.from_dict(json.loads(exact[0]))
         matches = conn.execute(
             "SELECT run_id, run_json FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id",
             (len(run_id), run_id),
@@ -129,7 +161,7 @@ def load(run_id: str, path: str | os.PathLike | None = None) -> dict:
     if len(matches) > 1:
         shown = ", ".join(m[0] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
         raise UserError(f"run {run_id!r} is ambiguous: it starts {len(matches)} run ids ({shown}); give more characters")
-    return json.loads(matches[0][1])
+    return RunRecord.from_dict(json.loads(matches[0][1]))
 
 
 @dataclass(frozen=True)
@@ -140,6 +172,10 @@ class Change:
     a: float | None
     b: float | None
     beyond_noise: bool | None = None  # speeds only; None when either run has no spread
+
+    @property
+    def is_speed(self) -> bool:
+        return self.key in SPEED_KEYS
 
     @property
     def delta_pct(self) -> float | None:
@@ -164,14 +200,7 @@ class RunDiff:
     variants: tuple[VariantDiff, ...]
 
 
-def _spread(row: dict, key: str) -> tuple[float, float] | None:
-    spread = (row.get("efficiency") or {}).get(f"{key}_spread")
-    if isinstance(spread, (list, tuple)) and len(spread) == 2 and None not in spread:
-        return float(spread[0]), float(spread[1])
-    return None
-
-
-def speed_beyond_noise(row_a: dict, row_b: dict, key: str) -> bool | None:
+def speed_beyond_noise(row_a: VariantRow | None, row_b: VariantRow | None, key: str) -> bool | None:
     """Whether a speed changed by more than its measured noise.
 
     Rule: the change is beyond noise when the [min, max] ranges of the measured
@@ -179,9 +208,10 @@ def speed_beyond_noise(row_a: dict, row_b: dict, key: str) -> bool | None:
     run was faster than every repetition of the other. None when either run
     lacks the spread.
     """
-    a, b = _spread(row_a, key), _spread(row_b, key)
-    if a is None or b is None:
+    spreads = [row.efficiency.spread(key) if row and row.efficiency else None for row in (row_a, row_b)]
+    if None in spreads:
         return None
+    a, b = spreads
     return a[1] < b[0] or b[1] < a[0]
 
 
@@ -194,79 +224,31 @@ def _flatten(value, prefix: str) -> dict:
     return {prefix: value}
 
 
-def _context_changes(run_a: dict, run_b: dict) -> tuple[str, ...]:
+def _context_changes(run_a: RunRecord, run_b: RunRecord) -> tuple[str, ...]:
+    dict_a, dict_b = run_a.to_dict(), run_b.to_dict()
     flat_a, flat_b = {}, {}
     for section in CONTEXT_SECTIONS + ("reference",):
-        flat_a.update(_flatten(run_a.get(section), section))
-        flat_b.update(_flatten(run_b.get(section), section))
+        flat_a.update(_flatten(dict_a.get(section), section))
+        flat_b.update(_flatten(dict_b.get(section), section))
     keys = dict.fromkeys(list(flat_a) + list(flat_b))
     return tuple(f"{k}: {flat_a.get(k)} -> {flat_b.get(k)}" for k in keys if flat_a.get(k) != flat_b.get(k))
 
 
-def diff(run_a: dict, run_b: dict) -> RunDiff:
+def _metric(row: VariantRow | None, key: str) -> float | None:
+    return row.metric(key) if row is not None else None
+
+
+def diff(run_a: RunRecord, run_b: RunRecord) -> RunDiff:
     """Per variant (in A's order, then B's new ones), what changed in PPL, KLD, speeds and peak RSS."""
-    rows_a = {r.get("variant"): r for r in run_a.get("results", [])}
-    rows_b = {r.get("variant"): r for r in run_b.get("results", [])}
+    rows_a = {r.variant: r for r in run_a.results}
+    rows_b = {r.variant: r for r in run_b.results}
     variants = []
     for name in dict.fromkeys(list(rows_a) + list(rows_b)):
-        row_a, row_b = rows_a.get(name, {}), rows_b.get(name, {})
+        row_a, row_b = rows_a.get(name), rows_b.get(name)
         changes = tuple(
-            Change(
-                key,
-                report.metric(row_a, key),
-                report.metric(row_b, key),
-                speed_beyond_noise(row_a, row_b, key) if key in SPEED_KEYS else None,
-            )
+            Change(key, _metric(row_a, key), _metric(row_b, key),
+                   speed_beyond_noise(row_a, row_b, key) if key in SPEED_KEYS else None)
             for key in DIFF_KEYS
         )
-        variants.append(VariantDiff(name, row_a.get("status"), row_b.get("status"), changes))
-    return RunDiff(run_a.get("run_id", "A"), run_b.get("run_id", "B"), _context_changes(run_a, run_b), tuple(variants))
-
-
-def render_history(runs: list[RunSummary]) -> str:
-    """The stored runs as a table, newest first."""
-    if not runs:
-        return "No stored runs; `python -m harness compare` stores one."
-    table = [
-        [r.run_id, r.created_utc, r.model or report.ABSENT, r.corpus or report.ABSENT,
-         report.ABSENT if r.tokens_scored is None else r.tokens_scored, r.reference or report.ABSENT,
-         f"{r.n_ok}/{r.n_variants}"]
-        for r in runs
-    ]
-    headers = ("run", "created (UTC)", "model", "corpus", "tokens", "reference", "ok/variants")
-    return tabulate(table, headers=headers, disable_numparse=True)
-
-
-_DIFF_SIG = {"ppl": 4, "kld_mean": 3, "prefill_tok_s": 3, "decode_tok_s": 3, "peak_rss_mb": 3}
-_NOISE_MARK = {True: " *", False: "", None: " ?"}
-
-
-def _cell(change: Change) -> str:
-    sig = _DIFF_SIG.get(change.key, 4)
-    if change.a is None and change.b is None:
-        return report.ABSENT
-    text = f"{report.fmt_sig(change.a, sig)} → {report.fmt_sig(change.b, sig)}"
-    if change.delta_pct is not None:
-        text += f" ({change.delta_pct:+.1f}%)"
-    if change.key in SPEED_KEYS and change.a is not None and change.b is not None:
-        text += _NOISE_MARK[change.beyond_noise]
-    return text
-
-
-def render_diff(run_diff: RunDiff) -> str:
-    """What changed from run A to run B, per variant, with the speed noise verdicts."""
-    lines = [f"A = {run_diff.run_a}, B = {run_diff.run_b}"]
-    if run_diff.context:
-        lines.append("The runs differ in: " + "; ".join(run_diff.context))
-    table = []
-    for v in run_diff.variants:
-        absent = "(absent)"
-        status = (v.status_a or absent) if v.status_a == v.status_b else f"{v.status_a or absent} → {v.status_b or absent}"
-        table.append([v.variant, status] + [_cell(c) for c in v.changes])
-    headers = ("variant", "status", "PPL", "KLD", "prefill tok/s", "decode tok/s", "peak RSS MB")
-    lines.append(tabulate(table, headers=headers, disable_numparse=True))
-    lines.append(
-        "speeds: * = beyond the measured noise (the [min, max] ranges of the two runs' repetitions do not overlap); "
-        "no mark = within it; ? = a run has no spread."
-    )
-    return "\n".join(lines) + "\n"
+        variants.append(VariantDiff(name, row_a.status if row_a else None, row_b.status if row_b else None, changes))
+    return RunDiff(run_a.run_id or "A", run_b.run_id or "B", _context_changes(run_a, run_b), tuple(variants))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from harness import report, report_files
+from harness.results import RunRecord, VariantRow
 
 
 def ok_row(variant, ppl, decode, rss, size_mb, kld=0.01, noisy=()):
@@ -39,7 +40,15 @@ def bad_row(variant, status, error):
     return {"variant": variant, "runtime": runtime, "precision": precision, "status": status, "error": error}
 
 
-def sample_run():
+def rows_of(dicts):
+    return [VariantRow.from_dict(d) for d in dicts]
+
+
+def sample_run() -> RunRecord:
+    return RunRecord.from_dict(sample_dict())
+
+
+def sample_dict() -> dict:
     ref = ok_row("llamacpp-f32", 10.00, 35, 700, 540)
     ref["accuracy"].update(kld_mean=None, kld_p99=None, top1_agreement=None, delta_p_rms=None)
     return {
@@ -66,17 +75,17 @@ def sample_run():
 
 
 def names(rows):
-    return [r["variant"] for r in rows]
+    return [r.variant for r in rows]
 
 
 def test_speed_frontier_keeps_only_undominated_rows_sorted_by_speed():
-    front = report.pareto_front(sample_run()["results"], "decode_tok_s", "ppl")
+    front = report.pareto_front(sample_run().results, "decode_tok_s", "ppl")
     # ort-fp32 ties llamacpp-f32 on PPL but is slower; q6_k is slower and worse than q8_0.
     assert names(front) == ["llamacpp-f32", "llamacpp-q8_0", "llamacpp-q4_k_m", "llamacpp-q4_0", "llamacpp-q2_k"]
 
 
 def test_memory_frontier_differs_from_speed_frontier():
-    front = report.pareto_front(sample_run()["results"], "peak_rss_mb", "ppl")
+    front = report.pareto_front(sample_run().results, "peak_rss_mb", "ppl")
     # torch-bf16 is slow but uses less memory than every more accurate variant.
     assert names(front) == [
         "llamacpp-q2_k", "llamacpp-q4_k_m", "llamacpp-q6_k", "llamacpp-q8_0", "torch-bf16", "llamacpp-f32",
@@ -86,9 +95,11 @@ def test_memory_frontier_differs_from_speed_frontier():
 def test_frontier_keeps_exact_ties_and_skips_rows_without_values():
     rows = [ok_row("a-x", 10.0, 50, 100, 1), ok_row("b-x", 10.0, 50, 100, 1), ok_row("c-x", 11.0, 40, 100, 1)]
     rows.append(bad_row("d-x", "failed", "boom"))
-    rows.append({"variant": "e-x", "status": "ok", "accuracy": {"ppl": 1.0}, "efficiency": {}})  # no speed
-    rows.append({"variant": "f-x", "status": "ok", "accuracy": {"ppl": float("nan")}, "efficiency": {"decode_tok_s": 99}})
-    assert names(report.pareto_front(rows, "decode_tok_s", "ppl")) == ["a-x", "b-x"]
+    rows.append({"variant": "e-x", "runtime": "e", "precision": "x", "status": "ok", "accuracy": {"ppl": 1.0},
+                 "efficiency": {}})  # no speed
+    rows.append({"variant": "f-x", "runtime": "f", "precision": "x", "status": "ok", "accuracy": {"ppl": float("nan")},
+                 "efficiency": {"decode_tok_s": 99}})
+    assert names(report.pareto_front(rows_of(rows), "decode_tok_s", "ppl")) == ["a-x", "b-x"]
 
 
 def test_frontier_rejects_a_metric_with_no_known_direction():
@@ -99,7 +110,7 @@ def test_frontier_rejects_a_metric_with_no_known_direction():
 def test_table_cells_for_reference_quantised_noisy_and_failed_rows():
     run = sample_run()
     rows = {f"{r[0]}-{r[1]}": dict(zip(report.HEADERS, r)) for r in report.table_rows(run)}
-    assert list(rows) == [r["variant"] for r in run["results"]]  # run order kept
+    assert list(rows) == [r.variant for r in run.results]  # run order kept
     ref = rows["llamacpp-f32"]
     assert ref["marks"] == "ref S M" and ref["ΔPPL %"] == "+0.00" and ref["KLD"] == "—" and ref["top-1 %"] == "—"
     assert ref["PPL ±"] == "10.00 ± 0.10" and ref["size MB"] == "540.0" and ref["peak RSS MB"] == "700"
@@ -120,7 +131,7 @@ def test_render_table_aligns_and_labels_units():
     header = text.splitlines()[0]
     for label in ("size MB", "PPL ±", "ΔPPL %", "decode tok/s", "TTFT ms", "peak RSS MB", "status"):
         assert label in header
-    assert len(text.splitlines()) == 2 + len(sample_run()["results"])
+    assert len(text.splitlines()) == 2 + len(sample_run().results)
 
 
 def test_recommendations_respect_the_ppl_limit_and_memory_budget():
@@ -137,33 +148,34 @@ def test_recommendations_respect_the_ppl_limit_and_memory_budget():
 
 
 def test_recommendations_take_defaults_from_settings_and_widen_with_the_limit():
-    run = sample_run()
+    run = sample_dict()
     run["settings"]["max_ppl_increase_pct"] = 50.0
     run["settings"]["memory_budget_mb"] = 100
-    lines = report.recommendations(run)
+    lines = report.recommendations(RunRecord.from_dict(run))
     assert "llamacpp-q2_k" in lines[0] and "llamacpp-q2_k" in lines[1]
     assert lines[2] == "No variant fits in 100 MB peak memory; the least is llamacpp-q2_k at 150 MB."
 
 
 def test_recommendations_without_a_reference_say_so():
-    run = sample_run()
+    run = sample_dict()
     run["results"] = [r for r in run["results"] if r["variant"] != "llamacpp-f32"]
-    lines = report.recommendations(run)
+    lines = report.recommendations(RunRecord.from_dict(run))
     assert lines[0].startswith("No PPL for the reference llamacpp-f32")
     assert lines[1].startswith("Most accurate (no memory budget set): torch-fp32")
 
 
 def test_recommendations_of_a_run_with_reference_none_say_so():
-    run = sample_run()
+    run = sample_dict()
     run["reference"] = None
-    lines = report.recommendations(run)
+    lines = report.recommendations(RunRecord.from_dict(run))
     assert lines[0].startswith("No reference variant (--reference none)")
     assert lines[1].startswith("Most accurate (no memory budget set)")
 
 
 def test_render_text_survives_rows_with_missing_sections():
-    run = {"run_id": "r1", "reference": "x-f32", "results": [{"variant": "x-f32", "status": "ok"}]}
-    text = report.render_text(run)
+    run = {"run_id": "r1", "reference": "x-f32",
+           "results": [{"variant": "x-f32", "runtime": "x", "precision": "f32", "status": "ok"}]}
+    text = report.render_text(RunRecord.from_dict(run))
     assert "x" in text and "No PPL for the reference x-f32" in text
 
 
@@ -177,15 +189,15 @@ def test_fmt_sig(value, sig, expected):
 
 
 def test_write_report_writes_every_file_atomically(tmp_path):
-    run = sample_run()
+    run = sample_dict()
     run["results"][1]["accuracy"]["ppl_stderr"] = float("nan")  # must not leak into strict JSON
     (tmp_path / "report.json").write_text("old")
-    paths = report_files.write_report(run, tmp_path)
+    paths = report_files.write_report(RunRecord.from_dict(run), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(report_files.FILE_NAMES)  # no temp files left
 
     document = json.loads(paths["report.json"].read_text())
     assert document["schema_version"] == 1 and document["reference"] == "llamacpp-f32"
-    assert document["corpus"] == run["corpus"] and len(document["results"]) == 11
+    assert document["corpus"].items() >= run["corpus"].items() and len(document["results"]) == 11
     assert document["results"][1]["accuracy"]["ppl_stderr"] is None
     assert document["summary"]["pareto"]["ppl_vs_decode_tok_s"][0] == "llamacpp-f32"
     assert document["summary"]["delta_ppl_pct"]["llamacpp-q2_k"] == pytest.approx(30.0)
@@ -228,11 +240,11 @@ def test_tradeoff_plot_draws_the_frontier_and_the_runtimes():
     png = report_files.tradeoff_png(sample_run())
     assert png.startswith(b"\x89PNG")
     assert colour_pixels(png, report_files.FRONTIER_COLOUR) > 200  # the frontier line
-    without_front = sample_run()
+    without_front = sample_dict()
     without_front["results"] = without_front["results"][:3]  # torch only: one-point frontier, no line
-    assert colour_pixels(report_files.tradeoff_png(without_front), report_files.FRONTIER_COLOUR) == 0
+    assert colour_pixels(report_files.tradeoff_png(RunRecord.from_dict(without_front)), report_files.FRONTIER_COLOUR) == 0
 
 
 def test_tradeoff_plot_of_a_run_with_nothing_scored_is_still_written():
     run = {"results": [bad_row("ort-int4", "failed", "boom")]}
-    assert report_files.tradeoff_png(run).startswith(b"\x89PNG")
+    assert report_files.tradeoff_png(RunRecord.from_dict(run)).startswith(b"\x89PNG")

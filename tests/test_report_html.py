@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from harness import report_files
+from harness.results import RunRecord
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 WIDTH, HEIGHT = 1400, 1800
@@ -41,13 +42,13 @@ def run_with_thirteen_variants():
         rows.append(row(f"llamacpp-{quant}", 10.0 * math.exp(0.004 * i * i), 50 + 7 * i, 300 - 20 * i, 145 - 9 * i))
     rows[6] = {"variant": "llamacpp-q6_k", "runtime": "llamacpp", "precision": "q6_k", "status": "failed",
                "error": "RuntimeError: out of memory"}
-    return {
+    return RunRecord.from_dict({
         "schema_version": 1, "run_id": "html-test", "created_utc": "2026-11-26T20:00:00Z",
         "model": {"name": "smollm2-135m", "source": "x.gguf", "source_sha256": "0" * 64},
         "corpus": {"name": "sample", "protocol": "sliding", "ctx": 512, "tokens_scored": 2048},
         "environment": {"cpu": "test"}, "reference": "llamacpp-f32",
         "settings": {"threads": 2, "max_ppl_increase_pct": 5.0, "memory_budget_mb": 500}, "results": rows,
-    }
+    })
 
 
 def screenshot(page: Path, tmp_path: Path) -> np.ndarray:

@@ -1,0 +1,149 @@
+"""What a command runs with, as frozen values: the one place every default is written.
+
+``harness.cli`` derives each flag from these fields (the name, the default,
+and the ``help`` metadata), so a default changed here changes the command
+line, the measurement and the README's ``--help`` excerpt together.
+``__post_init__`` validates only; resolving a default that depends on the
+machine (the thread count) happens in the command, through
+``harness.environment.thread_count``.
+
+Field metadata: ``help``; ``group`` (the --help section); ``parse`` (how the
+CLI reads the text: ``positive_int``, ``count``, ``percent``, ``size_mb``,
+``names``); ``choices``; ``metavar``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harness.backends.llamacpp.config import LlamaCppSettings
+from harness.backends.ort.config import OrtSettings
+from harness.backends.pytorch.config import TorchSettings
+from harness.errors import UserError
+from harness.protocols import PROTOCOLS
+
+# compare's default budget: all 13 variants of the default model within 5 minutes on 2 cores, with
+# room for a slow machine (the README gives the measured wall times).
+DEFAULT_MAX_TOKENS = 1024
+DATASET_CHOICES = ("wikitext-2",)
+DEVICE_CHOICES = ("cpu", "cuda")
+
+
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def _settings(factory: type, help: str) -> Any:
+    return field(default_factory=factory, metadata={"help": help, "runtime_settings": True})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model, which of its variants, where they are cached, and how many threads build and run them."""
+
+    model: str | None = _field(None, "smollm2-135m (default), a local GGUF file, or a transformers model directory")
+    variants: tuple[str, ...] | None = _field(
+        None, "comma-separated variant names (default: all), e.g. llamacpp-q8_0,ort-int4", parse="names", metavar="A,B")
+    cache_dir: str | None = _field(
+        None, "where variants are built and kept (default: $HARNESS_CACHE_DIR or ~/.cache/harness)", metavar="DIR")
+    threads: int | None = _field(
+        None, "CPU threads for every runtime, the quantizer and the scoring kernels (default: every usable core)",
+        parse="positive_int", metavar="N")
+
+    def __post_init__(self) -> None:
+        _at_least(self, "threads", 1)
+        if self.variants is not None and not self.variants:
+            raise UserError("give at least one variant name, comma-separated", setting="variants", value="")
+
+
+@dataclass(frozen=True)
+class PrepareConfig(ModelConfig):
+    """``python -m harness prepare``."""
+
+    json: bool = _field(False, "print the manifests as JSON instead of a table")
+
+
+@dataclass(frozen=True)
+class CompareConfig(ModelConfig):
+    """``python -m harness compare``: what is scored, how speed is timed, and how the answer is chosen."""
+
+    # text scored for accuracy
+    text: str | None = _field(None, "a UTF-8 text file, a WikiText raw file (wiki.*.raw) or JSONL", group="text",
+                              metavar="FILE")
+    text_field: str = _field("text", "the JSONL field holding the text", group="text", metavar="NAME")
+    dataset: str | None = _field(None, "a named corpus: a local copy (or $HARNESS_WIKITEXT2), else the datasets library",
+                                 group="text", choices=DATASET_CHOICES)
+    protocol: str = _field("chunked", "chunked: llama-perplexity's windows; strided: sliding windows", group="text",
+                           choices=PROTOCOLS)
+    ctx: int = _field(512, "tokens per window", group="text", parse="positive_int", metavar="N")
+    stride: int | None = _field(None, "strided protocol step (default ctx/2)", group="text", parse="positive_int",
+                                metavar="S")
+    max_tokens: int | None = _field(
+        None, f"score at most the first N tokens of the text (default {DEFAULT_MAX_TOKENS} when neither "
+              "--max-chunks nor --full is given)", group="text", parse="positive_int", metavar="N")
+    max_chunks: int | None = _field(None, "score at most N windows", group="text", parse="positive_int", metavar="N")
+    full: bool = _field(False, "score the whole text (no token budget)", group="text")
+    # speed
+    prompt_tokens: int = _field(512, "prefill prompt length", group="speed", parse="positive_int", metavar="N")
+    gen_tokens: int = _field(32, "tokens generated per decode run", group="speed", parse="positive_int", metavar="N")
+    repetitions: int = _field(5, "measured repetitions", group="speed", parse="positive_int", metavar="N")
+    warmup: int = _field(1, "discarded warm-up runs", group="speed", parse="count", metavar="N")
+    agreement_tokens: int = _field(16, "greedy tokens per prompt for generation agreement with the reference",
+                                   group="speed", parse="positive_int", metavar="N")
+    device: str = _field("cpu", "where the runtimes run", group="speed", choices=DEVICE_CHOICES)
+    timeout: int = _field(900, "seconds one variant may take before it counts as failed", group="speed",
+                          parse="positive_int", metavar="S")
+    # the answer
+    reference: str | None = _field(
+        None, "variant that KLD and ΔPPL are measured against, added to the run when missing (default: llamacpp-f32, "
+              "else ort-fp32, else torch-fp32); `none`: PPL only", group="answer", metavar="NAME")
+    max_ppl_increase: float = _field(5.0, "PPL increase over the reference, in %, a recommendation may accept",
+                                     group="answer", parse="percent", metavar="PCT")
+    memory_budget: float | None = _field(
+        None, "peak memory in MB allowed for the most-accurate recommendation, e.g. 800MB or 2GB", group="answer",
+        parse="size_mb", metavar="SIZE")
+    # output
+    out: str | None = _field(None, "output folder (default ./harness-results/<timestamp>)", group="output", metavar="DIR")
+    json: str | None = _field(None, "also write report.json to PATH (- for stdout)", group="output", metavar="PATH")
+    resume: bool = _field(False, "continue the run in --out (default: the newest in ./harness-results) without "
+                                 "redoing finished variants", group="output")
+    store: str | None = _field(None, "results store (default: $HARNESS_STORE, else harness.sqlite in the user data dir)",
+                               group="output", metavar="FILE")
+    # each runtime's own knobs, as --<runtime>-<setting>
+    llamacpp: LlamaCppSettings = _settings(LlamaCppSettings, "llama.cpp")
+    ort: OrtSettings = _settings(OrtSettings, "ONNX Runtime GenAI")
+    torch: TorchSettings = _settings(TorchSettings, "PyTorch (transformers)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("ctx", "stride", "max_tokens", "max_chunks", "prompt_tokens", "gen_tokens", "repetitions",
+                     "agreement_tokens", "timeout"):
+            _at_least(self, name, 1)
+        _at_least(self, "warmup", 0)
+        if self.ctx < 2:
+            raise UserError("a window needs at least 2 tokens; pass 2 or more", setting="ctx", value=self.ctx)
+        if self.max_ppl_increase < 0:
+            raise UserError("must be 0 or more", setting="max_ppl_increase", value=self.max_ppl_increase)
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise UserError("must be more than 0", setting="memory_budget", value=self.memory_budget)
+
+    @property
+    def token_budget(self) -> int | None:
+        """The text's first N tokens to window: max_tokens, else the default unless max_chunks or full is set."""
+        if self.max_tokens:
+            return self.max_tokens
+        return None if self.full or self.max_chunks else DEFAULT_MAX_TOKENS
+
+    def runtime_settings(self) -> dict[str, Any]:
+        """runtime name -> that runtime's settings object."""
+        return {"llamacpp": self.llamacpp, "ort": self.ort, "torch": self.torch}
+
+    def runtime_settings_dicts(self) -> dict[str, dict[str, Any]]:
+        return {runtime: asdict(settings) for runtime, settings in self.runtime_settings().items()}
+
+
+def _at_least(config: Any, name: str, low: int) -> None:
+    value = getattr(config, name)
+    if value is not None and value < low:
+        raise UserError(f"must be at least {low}", setting=name, value=value)

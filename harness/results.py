@@ -1,0 +1,237 @@
+"""The result schema in code: a run, its variant rows, and each row's accuracy and efficiency.
+
+A child builds a ``VariantRow`` and sends ``to_dict()`` across the process
+boundary; results.jsonl, report.json and the results store hold the same plain
+dicts, and every reader turns them back with ``from_dict``. The README's
+report.json section lists exactly these fields (``tests/test_results.py``).
+
+Lists stay lists (spreads, ``noisy``, ``generation_divergence``) so a row
+round-trips through JSON unchanged. Fields marked optional are left out of
+``to_dict`` when unset: the GPU figures are absent on a CPU run, never zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Mapping
+
+SCHEMA_VERSION = 1
+OK, FAILED, UNAVAILABLE = "ok", "failed", "unavailable"
+
+_OPTIONAL = {"optional": True}
+
+
+class _Record:
+    """``to_dict``/``from_dict`` for a frozen dataclass of plain values and nested records."""
+
+    NESTED: ClassVar[dict[str, type]] = {}  # field -> record type
+    NESTED_LISTS: ClassVar[dict[str, type]] = {}  # field -> record type of each item
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("optional"):
+                continue
+            if isinstance(value, _Record):
+                value = value.to_dict()
+            elif f.name in self.NESTED_LISTS:
+                value = [item.to_dict() for item in value]
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """The record in ``data``; missing keys take their defaults, unknown keys (older runs) are left out."""
+        values = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.name in cls.NESTED and value is not None:
+                value = cls.NESTED[f.name].from_dict(value)
+            elif f.name in cls.NESTED_LISTS:
+                value = tuple(cls.NESTED_LISTS[f.name].from_dict(item) for item in value or ())
+            values[f.name] = value
+        return cls(**values)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Accuracy(_Record):
+    """How well a variant predicts the text, and (against a reference) how far it moved."""
+
+    ppl: float | None = None
+    ppl_stderr: float | None = None
+    nll_mean: float | None = None
+    tokens_scored: int = 0
+    word_ppl: float | None = None
+    byte_ppl: float | None = None
+    bits_per_byte: float | None = None
+    # Against the reference; None for the reference itself and for a run without one.
+    kld_mean: float | None = None
+    kld_stderr: float | None = None
+    kld_p50: float | None = None
+    kld_p90: float | None = None
+    kld_p99: float | None = None
+    kld_max: float | None = None
+    top1_agreement: float | None = None  # percent
+    delta_p_mean: float | None = None
+    delta_p_rms: float | None = None
+    generation_divergence: list[int | None] | None = None  # per prompt: first differing position, None if identical
+    wall_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Efficiency(_Record):
+    """Load, speed, latency and resources of a variant; each timed figure a median with its [min, max]."""
+
+    TIMED: ClassVar[tuple[str, ...]] = (
+        "prefill_tok_s", "decode_tok_s", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
+    )
+
+    load_s: float | None = None
+    size_bytes: int | None = None
+    bits_per_weight: float | None = None
+    prefill_tok_s: float | None = None
+    prefill_tok_s_spread: list[float] | None = None
+    decode_tok_s: float | None = None
+    decode_tok_s_spread: list[float] | None = None
+    ttft_ms: float | None = None
+    ttft_ms_spread: list[float] | None = None
+    # Inter-token latency: absent when one token is generated (no gap to time).
+    itl_p50_ms: float | None = field(default=None, metadata=_OPTIONAL)
+    itl_p50_ms_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    itl_p90_ms: float | None = field(default=None, metadata=_OPTIONAL)
+    itl_p90_ms_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    itl_p99_ms: float | None = field(default=None, metadata=_OPTIONAL)
+    itl_p99_ms_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    peak_rss_mb: float | None = None
+    cpu_util_pct: float | None = None  # 100 = one core
+    # On an NVIDIA GPU only.
+    gpu_peak_mem_mb: float | None = field(default=None, metadata=_OPTIONAL)
+    gpu_util_pct: float | None = field(default=None, metadata=_OPTIONAL)
+    energy_j: float | None = field(default=None, metadata=_OPTIONAL)
+    energy_j_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    energy_per_token_j: float | None = field(default=None, metadata=_OPTIONAL)
+    energy_per_token_j_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    noisy: list[str] = field(default_factory=list)  # timed keys whose spread exceeds 10% of the median
+    prompt_tokens: int | None = None
+    gen_tokens: int | None = None
+    repetitions: int | None = None
+
+    def spread(self, key: str) -> tuple[float, float] | None:
+        """``[min, max]`` of a timed figure over the repetitions, or None."""
+        value = getattr(self, f"{key}_spread", None)
+        if isinstance(value, (list, tuple)) and len(value) == 2 and None not in value:
+            return float(value[0]), float(value[1])
+        return None
+
+
+@dataclass(frozen=True)
+class VariantRow(_Record):
+    """One variant's result: what it is, whether it ran, and its figures."""
+
+    NESTED: ClassVar[dict[str, type]] = {"accuracy": Accuracy, "efficiency": Efficiency}
+
+    variant: str
+    runtime: str
+    precision: str
+    status: str = OK  # ok | failed | unavailable
+    error: str | None = None  # why it failed or is unavailable
+    backend: dict[str, Any] | None = None  # runtime version, device, threads, dtype, runtime settings
+    accuracy: Accuracy | None = None
+    efficiency: Efficiency | None = None
+    traceback: str | None = field(default=None, metadata=_OPTIONAL)  # a child that raised
+
+    @classmethod
+    def failed(cls, variant: str, runtime: str, precision: str, error: str, traceback: str | None = None) -> "VariantRow":
+        """The row of a variant that did not finish: the only place a failed row is made."""
+        return cls(variant, runtime, precision, FAILED, error, traceback=traceback)
+
+    @classmethod
+    def unavailable(cls, variant: str, runtime: str, precision: str, reason: str) -> "VariantRow":
+        """The row of a variant whose runtime is not installed here."""
+        return cls(variant, runtime, precision, UNAVAILABLE, reason)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def metric(self, key: str) -> float | None:
+        """The finite number under ``key`` in the accuracy or efficiency section, else None."""
+        for section in (self.accuracy, self.efficiency):
+            value = getattr(section, key, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return float(value)
+        return None
+
+    def is_noisy(self, key: str) -> bool:
+        return self.efficiency is not None and key in (self.efficiency.noisy or ())
+
+
+@dataclass(frozen=True)
+class ModelInfo(_Record):
+    """The source every variant was made from."""
+
+    name: str | None = None
+    source: str | None = None  # its path
+    source_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class CorpusInfo(_Record):
+    """The text scored and how it was windowed."""
+
+    name: str | None = None
+    source: str | None = None
+    protocol: str | None = None
+    ctx: int | None = None
+    tokens_scored: int | None = None  # per variant
+    windows: int | None = None
+    tokenizer: str | None = None  # "llama.cpp" | "transformers"
+
+
+@dataclass(frozen=True)
+class RunSettings(_Record):
+    """The budgets and limits a run used (``harness.config.CompareConfig`` resolved)."""
+
+    threads: int | None = None
+    device: str | None = None
+    max_ppl_increase_pct: float | None = None
+    memory_budget_mb: float | None = None
+    prompt_tokens: int | None = None
+    gen_tokens: int | None = None
+    repetitions: int | None = None
+    warmup: int | None = None
+    max_tokens: int | None = None
+    max_chunks: int | None = None
+    agreement_tokens: int | None = None
+    timeout_s: float | None = None
+    runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)  # runtime -> its settings
+
+
+@dataclass(frozen=True)
+class RunRecord(_Record):
+    """A finished (or resumed) run: what was measured, on what, with which settings, and one row per variant."""
+
+    NESTED: ClassVar[dict[str, type]] = {"model": ModelInfo, "corpus": CorpusInfo, "settings": RunSettings}
+    NESTED_LISTS: ClassVar[dict[str, type]] = {"results": VariantRow}
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str | None = None
+    created_utc: str | None = None
+    model: ModelInfo = field(default_factory=ModelInfo)
+    corpus: CorpusInfo = field(default_factory=CorpusInfo)
+    environment: dict[str, Any] = field(default_factory=dict)  # harness.environment.capture_environment
+    reference: str | None = None  # the variant KLD and ΔPPL are measured against
+    settings: RunSettings = field(default_factory=RunSettings)
+    wall_s: float | None = None
+    results: tuple[VariantRow, ...] = ()
+
+    def row(self, variant: str) -> VariantRow | None:
+        return next((r for r in self.results if r.variant == variant), None)
