@@ -1,10 +1,11 @@
 """Accuracy of one variant: perplexity with its error bar, text-normalised perplexities, and divergence.
 
-All the math runs in ``harness.kernels``. The variant's and the reference's
-logits are streamed block by block in lockstep, both models loaded in this
-process, so at most one block of each is alive at a time: memory for logits is
-bounded by ``2 x block_rows x V x 4`` bytes (256 x 49,152 x 4 B x 2 = 100 MB for
-SmolLM2), whatever the text's length, and no logits are written to disk.
+All the math runs in ``harness.kernels``. The variant's logits and the
+reference's (a second loaded model, or its record read back from disk, see
+``harness.reference_record``) are streamed block by block in lockstep, so at
+most one block of each is alive at a time: memory for logits is bounded by
+``2 x block_rows x V x 4`` bytes (256 x 49,152 x 4 B x 2 = 100 MB for SmolLM2),
+whatever the text's length.
 
 Definitions (N scored tokens with negative log-likelihoods ``nll_i``, in nats):
 
@@ -17,7 +18,7 @@ Definitions (N scored tokens with negative log-likelihoods ``nll_i``, in nats):
   ``bits_per_byte = sum nll / ln 2 / bytes``. ``bytes`` and ``words`` count the
   text the scored tokens cover: each scored token owns the span of the original
   text from the previous token's end offset to its own (see
-  ``harness.corpus.TokenizedText``); ``bytes`` sums the UTF-8 bytes of those
+  ``harness.tokenizer.TokenizedText``); ``bytes`` sums the UTF-8 bytes of those
   spans and ``words`` the words (maximal runs of non-whitespace) that start in
   them. Tokens that are never scored (the first half of each chunk) count
   nothing, so a word split across a scored and an unscored span counts once if
@@ -32,15 +33,18 @@ Definitions (N scored tokens with negative log-likelihoods ``nll_i``, in nats):
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from harness.backends.base import DEFAULT_BLOCK_ROWS, Backend, LogitBlock
+from harness.config import CompareConfig
 from harness.kernels import Quantiles, RunningStats, divergence, token_nll
 from harness.protocols import Window
 from harness.reference_record import LogitRecorder, RecordedReference
+from harness.results import Accuracy
 from harness.tokenizer import TokenizedText
 
 # Prompts for generation agreement: short, plain, and answerable by a small model.
@@ -50,31 +54,9 @@ DEFAULT_PROMPTS = (
     "The three primary colors are",
     "To make a cup of tea, first",
 )
-DEFAULT_MAX_NEW_TOKENS = 32
-
-DIVERGENCE_KEYS = (
-    "kld_mean",
-    "kld_stderr",
-    "kld_p50",
-    "kld_p90",
-    "kld_p99",
-    "kld_max",
-    "top1_agreement",
-    "delta_p_mean",
-    "delta_p_rms",
-)
-ACCURACY_KEYS = (
-    "ppl",
-    "ppl_stderr",
-    "nll_mean",
-    "tokens_scored",
-    "word_ppl",
-    "byte_ppl",
-    "bits_per_byte",
-    *DIVERGENCE_KEYS,
-    "generation_divergence",
-    "wall_s",
-)
+DEFAULT_MAX_NEW_TOKENS = CompareConfig.agreement_tokens
+# Past this, exp() overflows a float64: the perplexity is reported as inf.
+MAX_EXP_ARG = math.log(sys.float_info.max)
 
 
 def score_variant(
@@ -88,8 +70,8 @@ def score_variant(
     block_rows: int = DEFAULT_BLOCK_ROWS,
     record: LogitRecorder | None = None,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict:
-    """The ``accuracy`` dict of the result schema for ``backend`` on ``windows``.
+) -> Accuracy:
+    """The accuracy of ``backend`` on ``windows``.
 
     Both backends must be loaded. With ``reference`` (another variant, never
     ``backend`` itself, or its record) the divergence keys are filled, else
@@ -125,13 +107,8 @@ def score_variant(
             n_bytes += int(text.token_bytes[window.target_positions].sum())
             n_words += int(text.token_words[window.target_positions].sum())
 
-    result = nll_summary(nll)
     total_nll = nll.sum
-    result["word_ppl"] = _exp(total_nll / n_words) if n_words else None
-    result["byte_ppl"] = _exp(total_nll / n_bytes) if n_bytes else None
-    result["bits_per_byte"] = total_nll / math.log(2) / n_bytes if n_bytes else None
-    result.update(div.summary() if div is not None else dict.fromkeys(DIVERGENCE_KEYS))
-    result["generation_divergence"] = None
+    generation_divergence = None
     if record is not None:
         record.finish(greedy_continuations(backend, prompts or (), max_new_tokens))
     if reference is not None and prompts:
@@ -139,11 +116,18 @@ def score_variant(
             ref_continuations = reference.continuations
         else:
             ref_continuations = greedy_continuations(reference, prompts, max_new_tokens)
-        result["generation_divergence"] = first_divergences(
+        generation_divergence = first_divergences(
             ref_continuations, greedy_continuations(backend, prompts, max_new_tokens)
         )
-    result["wall_s"] = clock() - start_s
-    return result
+    return Accuracy(
+        **nll_summary(nll),
+        word_ppl=_exp(total_nll / n_words) if n_words else None,
+        byte_ppl=_exp(total_nll / n_bytes) if n_bytes else None,
+        bits_per_byte=total_nll / math.log(2) / n_bytes if n_bytes else None,
+        **(div.summary() if div is not None else {}),
+        generation_divergence=generation_divergence,
+        wall_s=clock() - start_s,
+    )
 
 
 def nll_summary(nll: RunningStats) -> dict:
@@ -162,7 +146,7 @@ def nll_summary(nll: RunningStats) -> dict:
 
 def _exp(x: float) -> float:
     """exp that reports a hopeless variant's perplexity as inf rather than raising."""
-    return math.exp(x) if x < 709.0 else math.inf
+    return math.exp(x) if x < MAX_EXP_ARG else math.inf
 
 
 def mean_and_stderr(stats: RunningStats) -> tuple[float, float | None]:
@@ -191,9 +175,10 @@ class _DivergenceStats:
         self.top1_agree += int(np.count_nonzero(d.top1_agree))
 
     def summary(self) -> dict:
+        """The divergence fields of ``Accuracy``; none when nothing was scored."""
         n = self.kld.count
         if n == 0:
-            return dict.fromkeys(DIVERGENCE_KEYS)
+            return {}
         kld_mean, kld_stderr = mean_and_stderr(self.kld)
         return {
             "kld_mean": kld_mean,
@@ -242,11 +227,6 @@ def aligned_rows(
         )
         ref_row += n
         test_row += n
-
-
-def encode_prompts(tokenizer, prompts: Sequence[str] = DEFAULT_PROMPTS) -> list[list[int]]:
-    """Prompt token ids as the model sees a fresh prompt: with BOS when its tokenizer adds one."""
-    return [list(tokenizer(prompt, add_special_tokens=True)["input_ids"]) for prompt in prompts]
 
 
 def greedy_continuations(backend: Backend, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:

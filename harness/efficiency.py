@@ -12,11 +12,10 @@ llama-bench's ``pp`` and ``tg``:
   llama-bench's ``tg``; ``tokens produced / seconds`` and the per-token stamps
   give the inter-token latency percentiles.
 
-Warmups, each a full prefill and a full decode, are run and discarded. (A
-two-token decode warm-up, as short as llama-bench's one token, measured decode
-0.87-0.92x llama-bench where the full one gave 1.00x, within noise but not
-worth the few seconds it saves.) The ``repetitions`` measured ones alternate
-prefill and decode, so a drift in machine speed touches both alike.
+Warmups, each a full prefill and a full decode, are run and discarded: a
+shorter decode warm-up than the measured one left decode slower than
+llama-bench's. The ``repetitions`` measured ones alternate prefill and decode,
+so a drift in machine speed touches both alike.
 """
 
 from __future__ import annotations
@@ -27,7 +26,9 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.backends.base import Backend
+from harness.config import CompareConfig
 from harness.monitor import GpuMonitor, ResourceMonitor
+from harness.results import Efficiency
 from harness.stats import Stats
 from harness.tokenizer import speed_token_pool
 
@@ -35,7 +36,7 @@ DECODE_PROMPT_TOKENS = 1  # llama-bench tg: generation starts from an empty cach
 MAX_DECODE_ATTEMPTS = 5  # prompts to try when one ends in EOS before a second token
 
 # Keys with a median over repetitions, hence a ``_spread`` and a place in ``noisy``.
-TIMED_KEYS = ("prefill_tok_s", "decode_tok_s", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms")
+TIMED_KEYS = Efficiency.TIMED
 
 
 def load_seconds(backend: Backend, clock: Callable[[], float] = time.perf_counter) -> float:
@@ -73,17 +74,17 @@ def _gpu_index(device: str) -> int | None:
 
 def measure_efficiency(
     backend: Backend,
-    prompt_tokens: int = 512,
-    gen_tokens: int = 128,
-    warmup: int = 1,
-    repetitions: int = 5,
+    prompt_tokens: int = CompareConfig.prompt_tokens,
+    gen_tokens: int = CompareConfig.gen_tokens,
+    warmup: int = CompareConfig.warmup,
+    repetitions: int = CompareConfig.repetitions,
     seed: int = 0,
     *,
     load_s: float | None = None,
     token_pool: np.ndarray | None = None,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, Any]:
-    """The ``efficiency`` section of a result row for a loaded ``backend``.
+) -> Efficiency:
+    """The efficiency of a loaded ``backend``.
 
     ``load_s`` is the cold load time the caller measured (``load_seconds``).
     ``peak_rss_mb`` is the process's peak since it started, so call this
@@ -109,10 +110,10 @@ def measure_efficiency(
     ttft_s, decode_tok_s, itl_ms, gpu_runs = [], [], [], []
     with ResourceMonitor(clock=clock) as resources:
         for _ in range(repetitions):
-            with GpuMonitor(gpu_index) if gpu_index is not None else _NoGpu() as gpu:
+            with _gpu_monitor(gpu_index) as gpu:
                 ttft_s.append(_prefill_seconds(backend, draw(prompt_tokens)))
             gpu_runs.append((gpu.metrics, None))
-            with GpuMonitor(gpu_index) if gpu_index is not None else _NoGpu() as gpu:
+            with _gpu_monitor(gpu_index) as gpu:
                 generation = _decode(backend, draw, gen_tokens)
             produced = len(generation.token_times_s)
             decode_tok_s.append(produced / (generation.token_times_s[-1] - generation.start_s))
@@ -130,23 +131,28 @@ def measure_efficiency(
         for column, key in enumerate(("itl_p50_ms", "itl_p90_ms", "itl_p99_ms")):
             figures[key] = Stats.from_values(itl[:, column], "ms")
 
-    usage = resources.usage
-    result: dict[str, Any] = {
-        "load_s": load_s,
-        "size_bytes": backend.variant.size_bytes,
-        "bits_per_weight": backend.variant.bits_per_weight,
-    }
+    timed: dict[str, Any] = {}
     for key, stats in figures.items():
-        result[key] = stats.median
-        result[f"{key}_spread"] = stats.spread
-    result["peak_rss_mb"] = usage.peak_rss_mb
-    result["cpu_util_pct"] = usage.cpu_util_pct
-    result.update(_gpu_figures(gpu_runs))
-    result["noisy"] = [key for key, stats in figures.items() if stats.noisy]
-    result["prompt_tokens"] = prompt_tokens
-    result["gen_tokens"] = gen_tokens
-    result["repetitions"] = repetitions
-    return result
+        timed[key] = stats.median
+        timed[f"{key}_spread"] = stats.spread
+    usage = resources.usage
+    return Efficiency(
+        load_s=load_s,
+        size_bytes=backend.variant.size_bytes,
+        bits_per_weight=backend.variant.bits_per_weight,
+        **timed,
+        peak_rss_mb=usage.peak_rss_mb,
+        cpu_util_pct=usage.cpu_util_pct,
+        **_gpu_figures(gpu_runs),
+        noisy=[key for key, stats in figures.items() if stats.noisy],
+        prompt_tokens=prompt_tokens,
+        gen_tokens=gen_tokens,
+        repetitions=repetitions,
+    )
+
+
+def _gpu_monitor(gpu_index: int | None):
+    return GpuMonitor(gpu_index) if gpu_index is not None else _NoGpu()
 
 
 class _NoGpu:

@@ -2,82 +2,97 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+import numpy as np
 
 from harness.manifest import Variant
 from harness.protocols import Window
+from harness.results import VariantRow
+from harness.tokenizer import TokenizedText
 
 
 @dataclass(frozen=True)
-class MeasureSettings:
-    threads: int | None
+class MeasureInputs:
+    """Everything every variant's child is measured with: one object, shared by all the jobs of a run.
+
+    ``token_pool`` is the ids speed prompts are drawn from
+    (``harness.tokenizer.speed_token_pool``), read once by the parent: from a
+    GGUF it takes seconds. ``record_dir``/``record_limit_bytes``: where the
+    reference's child records its logits (``harness.reference_record``) and how
+    much it may write; None runs the reference beside each variant.
+    """
+
+    reference: Variant | None
+    windows: Sequence[Window]
+    text: TokenizedText | None
+    prompts: Sequence[Sequence[int]]  # token ids of the generation-agreement prompts
+    token_pool: np.ndarray | None
+    threads: int
     device: str
     prompt_tokens: int
     gen_tokens: int
     warmup: int
     repetitions: int
-    prompt_new_tokens: int = 16  # greedy tokens per prompt for generation agreement
+    agreement_tokens: int  # greedy tokens per prompt for generation agreement
+    runtime_settings: dict[str, Any] = field(default_factory=dict)  # runtime -> its settings object
+    record_dir: str | None = None
+    record_limit_bytes: int = 0
 
 
-def measure_variant(
-    variant: Variant,
-    reference: Variant | None,
-    windows: Sequence[Window],
-    text: Any,
-    prompts: Sequence[Sequence[int]],
-    settings: MeasureSettings,
-    token_pool: Any = None,
-    reference_record: tuple[str, int] | None = None,
-) -> dict[str, Any]:
-    """The result row of ``variant`` (run in a fresh child, so load time and peak RSS are its own).
+def measure_variant(variant: Variant, inputs: MeasureInputs) -> dict[str, Any]:
+    """The result row of ``variant`` as a plain dict (run in a fresh child, so load time and peak RSS are its own).
 
     Speed and memory are measured with only this variant loaded; the reference
     is loaded afterwards for the accuracy pass, so it never inflates peak RSS.
-    ``token_pool`` is the ids speed prompts are drawn from (``speed_token_pool``),
-    read once by the caller: from a GGUF it takes seconds.
-    ``reference_record`` is ``(directory, limit_bytes)``: the reference's own
-    child records its logits there, and a variant's child reads them when the
-    record is complete, else it runs the reference beside it.
+    The reference's own child records its logits; a variant's child reads
+    them when the record is complete, else it runs the reference beside it.
     """
-    from harness.accuracy import score_variant
-    from harness.backends import RuntimeUnavailable, open_backend
+    from harness.backends import RuntimeUnavailable
     from harness.efficiency import load_seconds, measure_efficiency
     from harness.kernels import set_num_threads
-    from harness.reference_record import LogitRecorder, RecordedReference
 
-    row: dict[str, Any] = {"variant": variant.name, "runtime": variant.runtime, "precision": variant.precision}
+    identity = (variant.name, variant.runtime, variant.precision)
     try:
-        backend = open_backend(variant, threads=settings.threads, device=settings.device)
+        backend = _open(variant, inputs)
     except RuntimeUnavailable as exc:
-        return {**row, "status": "unavailable", "error": str(exc)}
-    if settings.threads:
-        set_num_threads(settings.threads)
+        return VariantRow.unavailable(*identity, str(exc)).to_dict()
+    set_num_threads(inputs.threads)
     try:
         load_s = load_seconds(backend)  # loads it: cold, in this fresh process
-        row["backend"] = backend.describe()
-        row["efficiency"] = measure_efficiency(
-            backend, settings.prompt_tokens, settings.gen_tokens, settings.warmup, settings.repetitions,
-            load_s=load_s, token_pool=token_pool,
+        described = backend.describe()
+        efficiency = measure_efficiency(
+            backend, inputs.prompt_tokens, inputs.gen_tokens, inputs.warmup, inputs.repetitions,
+            load_s=load_s, token_pool=inputs.token_pool,
         )
-        record_dir, record_limit = reference_record or (None, 0)
-        if reference is None or reference.name == variant.name:
-            recorder = LogitRecorder(record_dir, record_limit) if reference is not None and record_dir else None
-            try:
-                row["accuracy"] = score_variant(backend, windows, None, text=text, prompts=prompts,
-                                                max_new_tokens=settings.prompt_new_tokens, record=recorder)
-            finally:
-                if recorder is not None:
-                    recorder.discard()  # a no-op once finished
-        elif (recorded := RecordedReference.open_if_complete(record_dir, windows)) is not None:
-            row["accuracy"] = score_variant(backend, windows, recorded, text=text, prompts=prompts,
-                                            max_new_tokens=settings.prompt_new_tokens)
-        else:
-            with open_backend(reference, threads=settings.threads, device=settings.device) as ref_backend:
-                row["accuracy"] = score_variant(
-                    backend, windows, ref_backend, text=text, prompts=prompts,
-                    max_new_tokens=settings.prompt_new_tokens,
-                )
+        accuracy = _score(backend, variant, inputs)
     finally:
         backend.close()
-    return {**row, "status": "ok", "error": None}
+    return VariantRow(*identity, backend=described, accuracy=accuracy, efficiency=efficiency).to_dict()
+
+
+def _open(variant: Variant, inputs: MeasureInputs):
+    from harness.backends import open_backend
+
+    return open_backend(variant, threads=inputs.threads, device=inputs.device,
+                        settings=inputs.runtime_settings.get(variant.runtime))
+
+
+def _score(backend, variant: Variant, inputs: MeasureInputs):
+    """The accuracy of the loaded ``backend``: against the record, the live reference, or none."""
+    from harness.accuracy import score_variant
+    from harness.reference_record import LogitRecorder, RecordedReference
+
+    common = dict(text=inputs.text, prompts=inputs.prompts, max_new_tokens=inputs.agreement_tokens)
+    reference = inputs.reference
+    if reference is None or reference.name == variant.name:
+        if reference is None or inputs.record_dir is None:
+            return score_variant(backend, inputs.windows, None, **common)
+        with LogitRecorder(inputs.record_dir, inputs.record_limit_bytes) as recorder:
+            return score_variant(backend, inputs.windows, None, record=recorder, **common)
+    recorded = RecordedReference.open_if_complete(inputs.record_dir, inputs.windows)
+    if recorded is not None:
+        return score_variant(backend, inputs.windows, recorded, **common)
+    with _open(reference, inputs) as ref_backend:
+        return score_variant(backend, inputs.windows, ref_backend, **common)

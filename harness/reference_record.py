@@ -5,7 +5,7 @@ after window, into one file, and writes its greedy continuations of the
 generation prompts beside it; the file gets its final name only when whole, so
 a record that exists is complete. Each later child memory-maps it and streams
 it block by block as a live reference would: the same numbers, read instead of
-recomputed (12 reference passes saved in a default run).
+recomputed.
 
 A record costs ``rows x V x 4`` bytes of disk (510 x 49,152 x 4 B = 100 MB for
 the default budget). Past ``record_limit`` (2 GiB, about 10,000 scored
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -28,20 +29,24 @@ from harness.backends.base import LogitBlock
 from harness.protocols import Window
 
 RECORD_LIMIT_BYTES = 2 << 30
+# A record may take at most this share of the free disk space.
+RECORD_FREE_SPACE_SHARE = 0.75
 LOGITS_NAME = "logits.f32"
 CONTINUATIONS_NAME = "continuations.json"
 
 
 def record_limit(directory: str | Path) -> int:
     """Bytes a record in ``directory`` may take: ``RECORD_LIMIT_BYTES``, or three quarters of the free space."""
-    return min(RECORD_LIMIT_BYTES, 3 * shutil.disk_usage(directory).free // 4)
+    return min(RECORD_LIMIT_BYTES, int(RECORD_FREE_SPACE_SHARE * shutil.disk_usage(directory).free))
 
 
 class LogitRecorder:
     """Writes a reference's scored logits to ``directory`` as they stream past (``tee``), then ``finish``.
 
     A record that would pass ``limit_bytes``, or a failed write, is dropped
-    quietly: the reference's own scoring goes on, and the variants run it live.
+    with one line on stderr (the child's log): the reference's own scoring goes
+    on, and the variants run it live. Use it as a context manager: leaving it
+    unfinished drops the partial file.
     """
 
     def __init__(self, directory: str | Path, limit_bytes: int):
@@ -51,8 +56,15 @@ class LogitRecorder:
         self._written = 0
         try:
             self._file = open(self._partial, "wb")
-        except OSError:  # no record, as for any failed write: the variants run the reference live
+        except OSError as exc:  # no record, as for any failed write: the variants run the reference live
             self._file = None
+            _notice(f"cannot open {self._partial} ({exc.strerror})")
+
+    def __enter__(self) -> "LogitRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()  # a no-op once finished
 
     def tee(self, blocks: Iterable[LogitBlock]) -> Iterator[LogitBlock]:
         for block in blocks:
@@ -62,12 +74,14 @@ class LogitRecorder:
 
     def _write(self, logits: np.ndarray) -> None:
         if self._written + logits.nbytes > self._limit:
+            _notice(f"it would pass its limit of {self._limit} bytes")
             self.discard()
             return
         try:
             self._file.write(logits.data)
             self._written += logits.nbytes
-        except OSError:
+        except OSError as exc:
+            _notice(f"write failed ({exc.strerror})")
             self.discard()
 
     def finish(self, continuations: Sequence[Sequence[int]]) -> None:
@@ -78,7 +92,8 @@ class LogitRecorder:
             self._file.close()
             (self.directory / CONTINUATIONS_NAME).write_text(json.dumps([list(map(int, c)) for c in continuations]))
             os.replace(self._partial, self.directory / LOGITS_NAME)
-        except OSError:
+        except OSError as exc:
+            _notice(f"finishing failed ({exc.strerror})")
             self.discard()
         self._file = None
 
@@ -87,6 +102,10 @@ class LogitRecorder:
             self._file.close()
             self._file = None
         self._partial.unlink(missing_ok=True)
+
+
+def _notice(why: str) -> None:
+    print(f"reference record dropped, the variants will run the reference live: {why}", file=sys.stderr)
 
 
 class RecordedReference:

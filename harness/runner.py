@@ -4,7 +4,8 @@ A crash, a kill by a signal (the OOM killer's included) or a timeout costs
 only that variant: it becomes a ``status: "failed"`` row whose ``error`` says
 why, and the run goes on. Every row is appended, flushed and fsynced as its
 variant finishes, so a killed run keeps what it finished and ``resume=True``
-continues without redoing it.
+continues without redoing it. A child's own output, the runtimes' native log
+lines included, goes to the job's log file, never to the terminal.
 """
 
 from __future__ import annotations
@@ -21,17 +22,24 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from harness.errors import UserError
+from harness.config import CompareConfig
+from harness.errors import UserError, one_line
+from harness.results import VariantRow
 
-DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_TIMEOUT_S = float(CompareConfig.timeout)
 # Once the child has sent its row, how long it may take to exit before it is killed.
 EXIT_GRACE_S = 30.0
+# How long a child may take to stop after SIGTERM before it is killed.
+TERM_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
 class VariantJob:
-    """One variant's work: ``target(*args, **kwargs)`` returns its result row; both must pickle."""
+    """One variant's work: ``target(*args, **kwargs)`` returns its result row as a dict; both must pickle.
+
+    ``log_path``: where the child's stdout and stderr go (appended); None keeps the parent's.
+    """
 
     variant: str
     runtime: str
@@ -39,6 +47,7 @@ class VariantJob:
     target: Callable[..., dict]
     args: tuple = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    log_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,21 +63,9 @@ class ChildOutcome:
         return self.error is None
 
 
-def failed_row(job: VariantJob, error: str, trace: str | None = None) -> dict[str, Any]:
+def failed_row(job: VariantJob, error: str, trace: str | None = None) -> VariantRow:
     """The result row of a variant whose child failed."""
-    row = {
-        "variant": job.variant,
-        "runtime": job.runtime,
-        "precision": job.precision,
-        "status": "failed",
-        "error": error,
-        "accuracy": None,
-        "efficiency": None,
-        "backend": None,
-    }
-    if trace:
-        row["traceback"] = trace
-    return row
+    return VariantRow.failed(job.variant, job.runtime, job.precision, error, trace)
 
 
 # ---- one child --------------------------------------------------------------------------------
@@ -83,23 +80,33 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_main(conn: Connection, parent_pid: int, target: Callable, args: tuple, kwargs: Mapping) -> None:
+def _send_output_to(log_path: str) -> None:
+    """Point this process's file descriptors 1 and 2 at ``log_path``: native libraries write there directly."""
+    import sys
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream, target_fd in ((sys.stdout, 1), (sys.stderr, 2)):
+        stream.flush()
+        os.dup2(fd, target_fd)
+    os.close(fd)
+
+
+def _child_main(
+    conn: Connection, parent_pid: int, target: Callable, args: tuple, kwargs: Mapping, log_path: str | None = None
+) -> None:
     _die_with_parent(parent_pid)
+    if log_path is not None:
+        _send_output_to(log_path)
     try:
         message = ("ok", target(*args, **kwargs))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as text
-        message = ("error", _one_line(exc), traceback.format_exc())
+        message = ("error", one_line(exc), traceback.format_exc())
     try:
         conn.send(message)
     except Exception as exc:  # an unpicklable value: say so instead of dying silently
-        conn.send(("error", f"the child's result could not be sent: {_one_line(exc)}", traceback.format_exc()))
+        conn.send(("error", f"the child's result could not be sent: {one_line(exc)}", traceback.format_exc()))
     finally:
         conn.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _cgroup_oom_kills() -> int | None:
@@ -130,20 +137,25 @@ def _stop(process: multiprocessing.process.BaseProcess) -> None:
     """SIGTERM, then SIGKILL if the child ignores it; always reaps it."""
     if process.is_alive():
         process.terminate()
-        process.join(5.0)
+        process.join(TERM_GRACE_S)
     if process.is_alive():
         process.kill()
     process.join()
 
 
 def run_in_child(
-    target: Callable, args: tuple = (), kwargs: Mapping[str, Any] | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S
+    target: Callable,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    log_path: str | None = None,
 ) -> ChildOutcome:
     """Run ``target(*args, **kwargs)`` in a fresh spawned process, waiting on its pipe and sentinel (no polling)."""
     context = multiprocessing.get_context("spawn")
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(
-        target=_child_main, args=(writer, os.getpid(), target, args, dict(kwargs or {})), name="harness-variant"
+        target=_child_main, args=(writer, os.getpid(), target, args, dict(kwargs or {}), log_path),
+        name="harness-variant",
     )
     oom_before = _cgroup_oom_kills()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -177,7 +189,7 @@ def run_in_child(
 
 
 # ---- the results file ---------------------------------------------------------------------------
-def read_results(path: str | Path) -> list[dict[str, Any]]:
+def read_results(path: str | Path) -> list[VariantRow]:
     """Rows of a results JSONL file in order; a torn last line (a run killed mid-write) is left out."""
     path = Path(path)
     if not path.exists():
@@ -188,11 +200,13 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(VariantRow.from_dict(json.loads(line)))
         except json.JSONDecodeError:
             if number == len(lines) - 1:  # no newline after it: the write was cut short
                 continue
-            raise UserError(f"{path}: line {number + 1} is not JSON; delete the file or pass another results path")
+            raise UserError(f"{path}: line {number + 1} is not JSON; delete the file or start a new run") from None
+        except (TypeError, AttributeError):
+            raise UserError(f"{path}: line {number + 1} is not a result row; delete the file or start a new run") from None
     return rows
 
 
@@ -206,9 +220,9 @@ def _drop_torn_tail(path: Path) -> None:
             os.fsync(file.fileno())
 
 
-def append_result(path: str | Path, row: Mapping[str, Any]) -> None:
+def append_result(path: str | Path, row: VariantRow) -> None:
     """Append one row as a JSON line and make it durable before returning."""
-    line = json.dumps(row, allow_nan=True) + "\n"
+    line = json.dumps(row.to_dict(), allow_nan=True) + "\n"
     with open(path, "a", encoding="utf-8") as file:
         file.write(line)
         file.flush()
@@ -223,8 +237,8 @@ def run_variants(
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     resume: bool = False,
     retry_failed: bool = False,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
+    on_row: Callable[[VariantRow], None] | None = None,
+) -> list[VariantRow]:
     """Run each job in its own child, appending its row to ``results_path``; return one row per job, in job order.
 
     Without ``resume`` the file starts empty. With it, variants that already
@@ -236,13 +250,13 @@ def run_variants(
         raise ValueError(f"variant names must be unique, got {names}")
     path = Path(results_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict[str, Any]] = {}
+    done: dict[str, VariantRow] = {}
     if resume and path.exists():
         _drop_torn_tail(path)
         for row in read_results(path):
-            done[row.get("variant")] = row  # the last row of a variant wins
+            done[row.variant] = row  # the last row of a variant wins
         if retry_failed:
-            done = {name: row for name, row in done.items() if row.get("status") != "failed"}
+            done = {name: row for name, row in done.items() if row.status != "failed"}
     else:
         path.write_bytes(b"")
     for job in jobs:
@@ -256,17 +270,12 @@ def run_variants(
     return [done[name] for name in names]
 
 
-def _run_job(job: VariantJob, timeout_s: float | None) -> dict[str, Any]:
-    outcome = run_in_child(job.target, job.args, job.kwargs, timeout_s)
+def _run_job(job: VariantJob, timeout_s: float | None) -> VariantRow:
+    outcome = run_in_child(job.target, job.args, job.kwargs, timeout_s, job.log_path)
     if not outcome.ok:
         return failed_row(job, outcome.error, outcome.traceback)
     if not isinstance(outcome.value, dict):
         return failed_row(job, f"the child returned {type(outcome.value).__name__}, not a result row (dict)")
-    row = dict(outcome.value)
-    row.setdefault("variant", job.variant)
-    row.setdefault("runtime", job.runtime)
-    row.setdefault("precision", job.precision)
-    row.setdefault("status", "ok")
-    row.setdefault("error", None)
-    return row
+    identity = {"variant": job.variant, "runtime": job.runtime, "precision": job.precision}
+    return VariantRow.from_dict({**identity, **outcome.value})
 

@@ -8,19 +8,20 @@ import numpy as np
 import pytest
 
 from harness.accuracy import (
-    ACCURACY_KEYS,
-    DIVERGENCE_KEYS,
     aligned_rows,
     first_divergence,
     first_divergences,
     score_variant,
 )
 from harness.backends.base import LogitBlock
+from harness.results import Accuracy
 from harness.tokenizer import TokenizedText, token_text_counts
 from harness.protocols import Window, build_windows
 from fakes import FakeBackend, fake_variant
 
 LN2 = math.log(2)
+DIVERGENCE_KEYS = ("kld_mean", "kld_stderr", "kld_p50", "kld_p90", "kld_p99", "kld_max", "top1_agreement",
+                   "delta_p_mean", "delta_p_rms")
 P_REF = np.array([1 / 2, 1 / 4, 1 / 8, 1 / 8])
 P_TEST = np.array([1 / 4, 1 / 2, 1 / 8, 1 / 8])
 
@@ -51,57 +52,57 @@ def test_hand_case_token_perplexity_and_its_error_bar(hand_case):
     tokenized, window, ref, test = hand_case
     acc = score_variant(test, [window], ref, text=tokenized)
     # targets 0, 1, 2 under P_TEST: NLL = 2 ln2, ln2, 3 ln2; mean 2 ln2 -> PPL 4
-    assert acc["tokens_scored"] == 3
-    assert acc["nll_mean"] == pytest.approx(2 * LN2, rel=1e-6)
-    assert acc["ppl"] == pytest.approx(4.0, rel=1e-6)
+    assert acc.tokens_scored == 3
+    assert acc.nll_mean == pytest.approx(2 * LN2, rel=1e-6)
+    assert acc.ppl == pytest.approx(4.0, rel=1e-6)
     # llama.cpp: var = mean(x^2) - mean^2 = (14/3 - 4) ln2^2 = 2/3 ln2^2; +/- PPL sqrt(var/(N-1)) = 4 ln2/sqrt(3)
-    assert acc["ppl_stderr"] == pytest.approx(4 * LN2 / math.sqrt(3), rel=1e-5)
+    assert acc.ppl_stderr == pytest.approx(4 * LN2 / math.sqrt(3), rel=1e-5)
 
 
 def test_hand_case_word_and_byte_perplexity(hand_case):
     tokenized, window, ref, test = hand_case
     acc = score_variant(test, [window], ref, text=tokenized)
     # scored spans " cat", " sat", ".": 4 + 4 + 1 = 9 bytes, words "cat" and "sat" start in them: 2
-    assert acc["word_ppl"] == pytest.approx(math.exp(6 * LN2 / 2), rel=1e-6)  # = 8
-    assert acc["word_ppl"] == pytest.approx(8.0, rel=1e-6)
-    assert acc["byte_ppl"] == pytest.approx(2 ** (6 / 9), rel=1e-6)
-    assert acc["bits_per_byte"] == pytest.approx(2 / 3, rel=1e-6)
+    assert acc.word_ppl == pytest.approx(math.exp(6 * LN2 / 2), rel=1e-6)  # = 8
+    assert acc.word_ppl == pytest.approx(8.0, rel=1e-6)
+    assert acc.byte_ppl == pytest.approx(2 ** (6 / 9), rel=1e-6)
+    assert acc.bits_per_byte == pytest.approx(2 / 3, rel=1e-6)
 
 
 def test_hand_case_divergence_from_the_reference(hand_case):
     tokenized, window, ref, test = hand_case
     acc = score_variant(test, [window], ref, text=tokenized)
     # KL(ref||test) per row = 1/2 ln(2) + 1/4 ln(1/2) + 0 + 0 = ln2/4, the same on every row
-    assert acc["kld_mean"] == pytest.approx(LN2 / 4, rel=1e-5)
-    assert acc["kld_stderr"] == pytest.approx(0.0, abs=1e-6)
+    assert acc.kld_mean == pytest.approx(LN2 / 4, rel=1e-5)
+    assert acc.kld_stderr == pytest.approx(0.0, abs=1e-6)
     for key in ("kld_p50", "kld_p90", "kld_p99", "kld_max"):
-        assert acc[key] == pytest.approx(LN2 / 4, rel=1e-5)
-    assert acc["top1_agreement"] == 0.0  # argmax 0 for the reference, 1 for the variant
+        assert getattr(acc, key) == pytest.approx(LN2 / 4, rel=1e-5)
+    assert acc.top1_agreement == 0.0  # argmax 0 for the reference, 1 for the variant
     # delta p on targets 0, 1, 2: 1/4 - 1/2, 1/2 - 1/4, 1/8 - 1/8 -> mean 0, rms sqrt((1/16 + 1/16) / 3)
-    assert acc["delta_p_mean"] == pytest.approx(0.0, abs=1e-7)
-    assert acc["delta_p_rms"] == pytest.approx(math.sqrt(1 / 24), rel=1e-6)
+    assert acc.delta_p_mean == pytest.approx(0.0, abs=1e-7)
+    assert acc.delta_p_rms == pytest.approx(math.sqrt(1 / 24), rel=1e-6)
 
 
 def test_reference_against_itself_has_zero_divergence(hand_case):
     tokenized, window, ref, _ = hand_case
     twin = loaded(FakeBackend(fake_variant("twin"), vocab_size=4, logits_fn=constant(P_REF)))
     acc = score_variant(twin, [window], ref, text=tokenized)
-    assert acc["kld_mean"] == pytest.approx(0.0, abs=1e-7) and acc["kld_max"] == pytest.approx(0.0, abs=1e-7)
-    assert acc["top1_agreement"] == 100.0
-    assert acc["delta_p_rms"] == pytest.approx(0.0, abs=1e-7)
+    assert acc.kld_mean == pytest.approx(0.0, abs=1e-7) and acc.kld_max == pytest.approx(0.0, abs=1e-7)
+    assert acc.top1_agreement == 100.0
+    assert acc.delta_p_rms == pytest.approx(0.0, abs=1e-7)
     # targets 0, 1, 2 under P_REF: NLL ln2, 2 ln2, 3 ln2 -> PPL 4 as well
-    assert acc["ppl"] == pytest.approx(4.0, rel=1e-6)
+    assert acc.ppl == pytest.approx(4.0, rel=1e-6)
 
 
 def test_without_reference_divergence_keys_are_none_and_all_keys_present(hand_case):
     tokenized, window, _, test = hand_case
     acc = score_variant(test, [window], text=tokenized)
-    assert tuple(acc) == ACCURACY_KEYS
-    assert all(acc[key] is None for key in DIVERGENCE_KEYS)
-    assert acc["generation_divergence"] is None
-    assert acc["wall_s"] >= 0
+    assert isinstance(acc, Accuracy) and acc.ppl == pytest.approx(4.0, rel=1e-6)
+    assert all(getattr(acc, key) is None for key in DIVERGENCE_KEYS)
+    assert acc.generation_divergence is None
+    assert acc.wall_s >= 0
     acc = score_variant(test, [window])
-    assert acc["word_ppl"] is None and acc["byte_ppl"] is None and acc["bits_per_byte"] is None
+    assert acc.word_ppl is None and acc.byte_ppl is None and acc.bits_per_byte is None
 
 
 def test_kld_quantiles_and_top1_with_varying_rows():
@@ -112,13 +113,13 @@ def test_kld_quantiles_and_top1_with_varying_rows():
     window = Window(np.array([0, 3, 0, 0, 2, 0, 1], dtype=np.int64), 0, np.arange(1, 7))
     acc = score_variant(test, [window], ref)
     a = LN2 / 4
-    assert acc["kld_mean"] == pytest.approx(2 * a / 6, rel=1e-5)
+    assert acc.kld_mean == pytest.approx(2 * a / 6, rel=1e-5)
     # llama.cpp's stderr: sqrt((mean(k^2) - mean(k)^2) / (N-1)) = sqrt((a^2/3 - a^2/9) / 5)
-    assert acc["kld_stderr"] == pytest.approx(math.sqrt((a * a / 3 - a * a / 9) / 5), rel=1e-4)
-    assert acc["kld_p50"] == pytest.approx(0.0, abs=1e-7)  # sorted 0 0 0 0 a a: median 0
-    assert acc["kld_p90"] == pytest.approx(a, rel=1e-5)  # linear position 4.5 lies between a and a
-    assert acc["kld_max"] == pytest.approx(a, rel=1e-5)
-    assert acc["top1_agreement"] == pytest.approx(100 * 4 / 6)
+    assert acc.kld_stderr == pytest.approx(math.sqrt((a * a / 3 - a * a / 9) / 5), rel=1e-4)
+    assert acc.kld_p50 == pytest.approx(0.0, abs=1e-7)  # sorted 0 0 0 0 a a: median 0
+    assert acc.kld_p90 == pytest.approx(a, rel=1e-5)  # linear position 4.5 lies between a and a
+    assert acc.kld_max == pytest.approx(a, rel=1e-5)
+    assert acc.top1_agreement == pytest.approx(100 * 4 / 6)
 
 
 def test_recipe_bug_per_window_averaging_is_absent():
@@ -135,10 +136,10 @@ def test_recipe_bug_per_window_averaging_is_absent():
         per_window.append([np.log(np.exp(r - r.max()).sum()) + r.max() - r[y] for r, y in zip(rows, targets)])
     per_token = np.concatenate(per_window)
     acc = score_variant(test, windows)
-    assert acc["tokens_scored"] == len(per_token) == len(ids) - 1
-    assert acc["ppl"] == pytest.approx(math.exp(per_token.mean()), rel=1e-5)
+    assert acc.tokens_scored == len(per_token) == len(ids) - 1
+    assert acc.ppl == pytest.approx(math.exp(per_token.mean()), rel=1e-5)
     wrong = math.exp(np.mean([np.mean(n) for n in per_window]))
-    assert abs(acc["ppl"] - wrong) > 1e-3 * acc["ppl"]  # the test can tell the two apart
+    assert abs(acc.ppl - wrong) > 1e-3 * acc.ppl  # the test can tell the two apart
 
 
 def test_lockstep_streams_blocks_of_different_sizes_without_holding_more_than_one_each():
@@ -150,8 +151,8 @@ def test_lockstep_streams_blocks_of_different_sizes_without_holding_more_than_on
     even = score_variant(loaded(FakeBackend(vocab_size=16, seed=1, noise=2.0)), windows, same_ref, block_rows=64)
     uneven = score_variant(test, windows, ref, block_rows=4)
     for key in ("ppl", "kld_mean", "kld_max", "top1_agreement", "delta_p_rms"):
-        assert uneven[key] == pytest.approx(even[key], rel=1e-6)
-    assert 0 < uneven["kld_mean"] and uneven["top1_agreement"] < 100
+        assert getattr(uneven, key) == pytest.approx(getattr(even, key), rel=1e-6)
+    assert 0 < uneven.kld_mean and uneven.top1_agreement < 100
     assert ref.max_rows_yielded == 3 and test.max_rows_yielded == 5
 
 
@@ -168,9 +169,9 @@ def test_stronger_noise_gives_larger_divergence():
     windows = build_windows(ids, "chunked", ctx=16)
     ref = loaded(FakeBackend(seed=2))
     results = [score_variant(loaded(FakeBackend(seed=2, noise=s)), windows, ref) for s in (0.1, 0.5, 2.0)]
-    klds = [r["kld_mean"] for r in results]
+    klds = [r.kld_mean for r in results]
     assert klds == sorted(klds) and klds[0] > 0
-    assert results[0]["top1_agreement"] >= results[-1]["top1_agreement"]
+    assert results[0].top1_agreement >= results[-1].top1_agreement
 
 
 # ---- generation agreement -------------------------------------------------------------
@@ -199,4 +200,4 @@ def test_generation_divergence_from_greedy_continuations(hand_case):
     test = loaded(FakeBackend(vocab_size=8, logits_fn=skip_after_three, eos_token_id=7))
     acc = score_variant(test, [window], ref, prompts=[[0], [4], [3]], max_new_tokens=6)
     # [0]: ref 1 2 3 4 5 6, variant 1 2 3 0 1 2 -> 3; [4]: ref and variant 5 6 7(EOS) -> None; [3]: 4 vs 0 -> 0
-    assert acc["generation_divergence"] == [3, None, 0]
+    assert acc.generation_divergence == [3, None, 0]
