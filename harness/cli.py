@@ -30,21 +30,22 @@ GROUP_TITLES = {
 
 
 # ---- reading a flag's text --------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    value = _count(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _count(text: str) -> int:
+def _whole_number(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {low}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -85,7 +86,9 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 # ---- flags from fields --------------------------------------------------------------------------
 def _help(f: dataclasses.Field, default: Any) -> str:
     text = f.metadata.get("help", "").replace("%", "%%")
-    shown = default if not isinstance(default, tuple) else ",".join(default)
+    shown = f"{default:g}" if isinstance(default, float) else default
+    if default is True and "(default" not in text:
+        return f"{text} (default on)"
     if default is None or isinstance(default, bool) or "(default" in text:
         return text
     return f"{text} (default {shown})"
@@ -106,8 +109,8 @@ def _add_field(parser, f: dataclasses.Field, dest: str, default: Any, flag: str)
             kwargs["type"] = _count
         if choices:
             kwargs["choices"] = list(choices)
-        elif "metavar" in f.metadata:
-            kwargs["metavar"] = f.metadata["metavar"]
+        else:
+            kwargs["metavar"] = f.metadata.get("metavar", "N" if isinstance(default, int) else "VALUE")
     parser.add_argument(flag, **kwargs)
 
 

@@ -42,7 +42,8 @@ def _settings(factory: type, help: str) -> Any:
 class ModelConfig:
     """Which model, which of its variants, where they are cached, and how many threads build and run them."""
 
-    model: str | None = _field(None, "smollm2-135m (default), a local GGUF file, or a transformers model directory")
+    model: str | None = _field(None, "smollm2-135m (default), a local GGUF file, or a transformers model directory",
+                               metavar="MODEL")
     variants: tuple[str, ...] | None = _field(
         None, "comma-separated variant names (default: all), e.g. llamacpp-q8_0,ort-int4", parse="names", metavar="A,B")
     cache_dir: str | None = _field(

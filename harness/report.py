@@ -13,10 +13,11 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
+from harness.config import CompareConfig
 from harness.results import RunRecord, VariantRow
 
 ABSENT = "—"
-FALLBACK_MAX_PPL_INCREASE_PCT = 5.0  # for stored runs that predate the setting
+FALLBACK_MAX_PPL_INCREASE_PCT = CompareConfig.max_ppl_increase  # stored runs that predate the setting
 
 # Which way is better for each metric the frontier or the recommendations rank by.
 LARGER_IS_BETTER = {

@@ -26,7 +26,9 @@ def assert_one_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
 @pytest.mark.parametrize(
     "flag, value, fragment",
     [("--ctx", "abc", "--ctx"), ("--ctx", "0", "at least 1"), ("--max-ppl-increase", "lots", "percentage"),
-     ("--memory-budget", "big", "size"), ("--protocol", "rolling", "invalid choice"), ("--threads", "-2", "--threads")],
+     ("--memory-budget", "big", "size"), ("--protocol", "rolling", "invalid choice"), ("--threads", "-2", "--threads"),
+     ("--warmup", "-1", "at least 0"), ("--llamacpp-type-k", "q9", "--llamacpp-type-k"),
+     ("--llamacpp-n-batch", "x", "whole number")],
 )
 def test_bad_flag_value_is_one_line(tmp_path, flag, value, fragment):
     assert_one_line(run_cli("compare", flag, value, cwd=tmp_path), fragment)
@@ -68,3 +70,21 @@ def test_resume_without_an_earlier_run_is_one_line(tmp_path):
 def test_show_unknown_run_is_one_line(tmp_path):
     store = tmp_path / "s.sqlite"
     assert_one_line(run_cli("show", "nope", "--store", str(store), cwd=tmp_path), "nope")
+
+
+def test_a_runtime_setting_that_contradicts_another_is_one_line(tmp_path):
+    line = assert_one_line(run_cli("compare", "--llamacpp-n-ubatch", "1024", "--llamacpp-n-batch", "512",
+                                   cwd=tmp_path), "--llamacpp")
+    assert "n_ubatch" in line
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [("compare", "--variants", "llamacpp-q8_0"), ("history",), ("show", "some-run"),
+                                     ("diff", "run-a", "run-b")])
+def test_a_store_that_is_not_a_database_is_one_line_before_any_work(tmp_path, command):
+    (tmp_path / "notes.txt").write_text("my notes, not a database\n")
+    line = assert_one_line(run_cli(*command, "--store", "notes.txt", cwd=tmp_path), "--store notes.txt",
+                           "not a harness results store")
+    assert "pass another file" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing measured, nothing written
+    assert (tmp_path / "notes.txt").read_text() == "my notes, not a database\n"

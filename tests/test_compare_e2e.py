@@ -136,11 +136,10 @@ def test_report_html_of_a_real_run_shows_plot_and_table_in_chromium(two_runs, tm
     assert_shows_plot_above_table(screenshot(root / "a" / "report.html", tmp_path))
 
 
-def test_token_budget_defaults_only_when_no_budget_is_given():
-    from harness.cli import DEFAULT_MAX_TOKENS
-    from harness.compare_command import token_budget
-
-    assert token_budget(None, None, False) == DEFAULT_MAX_TOKENS
-    assert token_budget(None, 40, False) is None  # --max-chunks 40 scores 40 chunks, not the default's 4
-    assert token_budget(None, None, True) is None
-    assert token_budget(1000, 40, False) == 1000
+def test_each_childs_output_goes_to_its_log_and_none_reaches_the_terminal(two_runs):
+    root, _, first, second = two_runs
+    logs = sorted(p.name for p in (root / "a" / "logs").iterdir())
+    assert logs == ["llamacpp-f32.log", "llamacpp-q4_k_m.log", "ort-int4.log", "torch-bf16.log"]
+    for done in (first, second):
+        # llama.cpp's own lines (llama_model_loader:, llama_context:, ggml_...) stay out of the terminal.
+        assert not re.search(r"^(llama|ggml|load_tensors|print_info)\w*:", done.stdout + done.stderr, re.M)

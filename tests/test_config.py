@@ -1,0 +1,75 @@
+"""The configuration is the one home of every default, and the command line is derived from it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness import cli
+from harness.backends.llamacpp.config import LlamaCppSettings
+from harness.config import DEFAULT_MAX_TOKENS, CompareConfig, PrepareConfig
+from harness.errors import UserError
+
+
+def parse(*argv: str):
+    args = cli.build_parser().parse_args(argv)
+    config_class = CompareConfig if args.command == "compare" else PrepareConfig
+    return cli.config_from_args(config_class, args)
+
+
+def test_no_flags_give_exactly_the_configurations_defaults():
+    assert parse("compare") == CompareConfig()
+    assert parse("prepare") == PrepareConfig()
+
+
+def test_every_field_has_help_and_a_flag():
+    compare_help = cli.build_parser()._subparsers._group_actions[0].choices["compare"].format_help()
+    for f in dataclasses.fields(CompareConfig):
+        assert f.metadata.get("help"), f.name
+        if not f.metadata.get("runtime_settings"):
+            assert f"--{f.name.replace('_', '-')}" in compare_help, f.name
+    for inner in dataclasses.fields(LlamaCppSettings):
+        assert inner.metadata.get("help"), inner.name
+        assert f"--llamacpp-{inner.name.replace('_', '-')}" in compare_help
+
+
+def test_flags_reach_the_configuration_runtime_settings_included():
+    config = parse("compare", "--ctx", "256", "--variants", "llamacpp-q8_0, ort-int4", "--max-ppl-increase", "2.5%",
+                   "--memory-budget", "2GB", "--llamacpp-type-k", "q8_0", "--no-llamacpp-flash-attn",
+                   "--torch-attn-implementation", "eager")
+    assert config.ctx == 256 and config.variants == ("llamacpp-q8_0", "ort-int4")
+    assert config.max_ppl_increase == 2.5 and config.memory_budget == 2048.0
+    assert config.llamacpp == LlamaCppSettings(type_k="q8_0", flash_attn=False)
+    assert config.torch.attn_implementation == "eager"
+    assert config.runtime_settings_dicts()["llamacpp"]["type_k"] == "q8_0"
+
+
+def test_the_token_budget_defaults_only_when_no_budget_is_given():
+    assert CompareConfig().token_budget == DEFAULT_MAX_TOKENS
+    assert CompareConfig(max_chunks=40).token_budget is None  # 40 chunks, not the default's 2
+    assert CompareConfig(full=True).token_budget is None
+    assert CompareConfig(max_tokens=1000, max_chunks=40).token_budget == 1000
+
+
+@pytest.mark.parametrize("changes, setting", [({"ctx": 1}, "ctx"), ({"warmup": -1}, "warmup"),
+                                              ({"repetitions": 0}, "repetitions"), ({"threads": 0}, "threads"),
+                                              ({"memory_budget": 0.0}, "memory_budget"), ({"variants": ()}, "variants")])
+def test_a_bad_value_names_its_setting_and_the_cli_its_flag(changes, setting):
+    with pytest.raises(UserError) as caught:
+        CompareConfig(**changes)
+    assert caught.value.setting == setting
+    assert caught.value.for_cli().startswith(f"--{setting.replace('_', '-')}")
+
+
+def test_library_defaults_are_the_configurations():
+    """Functions that take a budget default to the configuration's value, not a number of their own."""
+    import inspect
+
+    from harness import accuracy, efficiency, runner
+
+    signature = inspect.signature(efficiency.measure_efficiency).parameters
+    for name in ("prompt_tokens", "gen_tokens", "warmup", "repetitions"):
+        assert signature[name].default == getattr(CompareConfig, name), name
+    assert accuracy.DEFAULT_MAX_NEW_TOKENS == CompareConfig.agreement_tokens
+    assert runner.DEFAULT_TIMEOUT_S == CompareConfig.timeout
