@@ -126,20 +126,20 @@ def test_efficiency_formulas_on_scripted_stamps():
     # Calls alternate prefill (generate(prompt, 1)) and decode; warmup=0 so every call is measured.
     backend = ScriptedBackend(step_s=[0.01, 0.01, 0.01, 0.02, 0.01, 0.01], prompt_s_per_token=0.002)
     eff = measure_efficiency(backend, prompt_tokens=100, gen_tokens=8, warmup=0, repetitions=3, token_pool=np.arange(50))
-    assert eff["prefill_tok_s"] == pytest.approx(500.0)  # 100 tokens in 0.2 s
-    assert eff["ttft_ms"] == pytest.approx(200.0)
+    assert eff.prefill_tok_s == pytest.approx(500.0)  # 100 tokens in 0.2 s
+    assert eff.ttft_ms == pytest.approx(200.0)
     # Decode runs at 20 ms, 10 ms, 10 ms a token: 8 tokens from a one-token prompt take 8 steps.
-    assert eff["decode_tok_s"] == pytest.approx(100.0)
-    assert eff["decode_tok_s_spread"] == pytest.approx([50.0, 100.0])
-    assert eff["itl_p50_ms"] == pytest.approx(10.0) and eff["itl_p99_ms_spread"] == pytest.approx([10.0, 20.0])
-    assert eff["noisy"] == ["decode_tok_s", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms"]
-    assert (eff["size_bytes"], eff["bits_per_weight"], eff["load_s"]) == (1234, 4.5, None)
+    assert eff.decode_tok_s == pytest.approx(100.0)
+    assert eff.decode_tok_s_spread == pytest.approx([50.0, 100.0])
+    assert eff.itl_p50_ms == pytest.approx(10.0) and eff.itl_p99_ms_spread == pytest.approx([10.0, 20.0])
+    assert eff.noisy == ["decode_tok_s", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms"]
+    assert (eff.size_bytes, eff.bits_per_weight, eff.load_s) == (1234, 4.5, None)
 
 
 def test_decode_counts_the_tokens_actually_produced_when_eos_stops_early():
     backend = ScriptedBackend(step_s=[0.01], stop_after=4)
     eff = measure_efficiency(backend, prompt_tokens=16, gen_tokens=128, warmup=0, repetitions=2, token_pool=np.arange(50))
-    assert eff["decode_tok_s"] == pytest.approx(100.0)  # 4 tokens in 40 ms, not 128 in 40 ms
+    assert eff.decode_tok_s == pytest.approx(100.0)  # 4 tokens in 40 ms, not 128 in 40 ms
 
 
 def test_each_repetition_draws_a_fresh_prompt_of_allowed_ids_only_after_discarded_warmups():
@@ -159,14 +159,14 @@ def test_efficiency_of_a_fake_backend_has_every_schema_key_with_spreads_and_no_g
     load_s = load_seconds(backend)
     eff = measure_efficiency(backend, prompt_tokens=32, gen_tokens=8, warmup=1, repetitions=5, load_s=load_s, token_pool=np.arange(16))
     for key in ("load_s", "size_bytes", "bits_per_weight", "peak_rss_mb", "cpu_util_pct", *TIMED_KEYS):
-        assert isinstance(eff[key], (int, float)) and eff[key] >= 0, key
+        assert isinstance(getattr(eff, key), (int, float)) and getattr(eff, key) >= 0, key
     for key in TIMED_KEYS:
-        low, high = eff[f"{key}_spread"]
-        assert low <= eff[key] <= high, key
-    assert set(eff["noisy"]) <= set(TIMED_KEYS)
-    assert eff["itl_p50_ms"] <= eff["itl_p90_ms"] <= eff["itl_p99_ms"]
-    assert not [k for k in eff if k.startswith(("gpu_", "energy"))]
-    assert eff["peak_rss_mb"] > 10  # this process's own RSS at least: the OS high-water mark was read
+        low, high = getattr(eff, f"{key}_spread")
+        assert low <= getattr(eff, key) <= high, key
+    assert set(eff.noisy) <= set(TIMED_KEYS)
+    assert eff.itl_p50_ms <= eff.itl_p90_ms <= eff.itl_p99_ms
+    assert not [k for k in eff.to_dict() if k.startswith(("gpu_", "energy"))]
+    assert eff.peak_rss_mb > 10  # this process's own RSS at least: the OS high-water mark was read
 
 
 def test_speed_token_pool_leaves_out_special_tokens_of_tokenizer_json_and_gguf(tmp_path):
