@@ -84,41 +84,32 @@ def score_variant(
     """
     if reference is backend:
         raise ValueError("reference is the scored backend itself; pass reference=None for the reference's own row")
+    if record is not None and reference is not None:
+        raise ValueError("record the reference's own pass: pass record with reference=None")
     start_s = clock()
     nll = RunningStats()
     div = _DivergenceStats() if reference is not None else None
     n_bytes = n_words = 0
-    if record is not None and reference is not None:
-        raise ValueError("record the reference's own pass: pass record with reference=None")
     for index, window in enumerate(windows):
         blocks = backend.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
         if reference is None:
             for block in blocks if record is None else record.tee(blocks):
                 nll.add(token_nll(block.logits, block.targets))
         else:
-            if isinstance(reference, RecordedReference):
-                ref_blocks = reference.window_blocks(index, block_rows)
-            else:
-                ref_blocks = reference.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
-            for ref_logits, test_logits, targets in aligned_rows(ref_blocks, blocks):
+            for ref_logits, test_logits, targets in aligned_rows(_reference_blocks(reference, index, window, block_rows),
+                                                                 blocks):
                 nll.add(token_nll(test_logits, targets))
                 div.add(divergence(ref_logits, test_logits, targets))
         if text is not None:
             n_bytes += int(text.token_bytes[window.target_positions].sum())
             n_words += int(text.token_words[window.target_positions].sum())
 
-    total_nll = nll.sum
-    generation_divergence = None
     if record is not None:
         record.finish(greedy_continuations(backend, prompts or (), max_new_tokens))
+    generation_divergence = None
     if reference is not None and prompts:
-        if isinstance(reference, RecordedReference):
-            ref_continuations = reference.continuations
-        else:
-            ref_continuations = greedy_continuations(reference, prompts, max_new_tokens)
-        generation_divergence = first_divergences(
-            ref_continuations, greedy_continuations(backend, prompts, max_new_tokens)
-        )
+        generation_divergence = _generation_divergence(backend, reference, prompts, max_new_tokens)
+    total_nll = nll.sum
     return Accuracy(
         **nll_summary(nll),
         word_ppl=_exp(total_nll / n_words) if n_words else None,
@@ -128,6 +119,21 @@ def score_variant(
         generation_divergence=generation_divergence,
         wall_s=clock() - start_s,
     )
+
+
+def _reference_blocks(reference: Backend | RecordedReference, index: int, window: Window, block_rows: int):
+    """The reference's logit blocks of window ``index``: read from its record, or computed live."""
+    if isinstance(reference, RecordedReference):
+        return reference.window_blocks(index, block_rows)
+    return reference.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
+
+
+def _generation_divergence(backend, reference, prompts, max_new_tokens: int) -> list[int | None]:
+    if isinstance(reference, RecordedReference):
+        ref_continuations = reference.continuations
+    else:
+        ref_continuations = greedy_continuations(reference, prompts, max_new_tokens)
+    return first_divergences(ref_continuations, greedy_continuations(backend, prompts, max_new_tokens))
 
 
 def nll_summary(nll: RunningStats) -> dict:

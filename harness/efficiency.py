@@ -106,31 +106,9 @@ def measure_efficiency(
         _prefill_seconds(backend, draw(prompt_tokens))
         _decode(backend, draw, gen_tokens)
 
-    gpu_index = _gpu_index(backend.device)
-    ttft_s, decode_tok_s, itl_ms, gpu_runs = [], [], [], []
     with ResourceMonitor(clock=clock) as resources:
-        for _ in range(repetitions):
-            with _gpu_monitor(gpu_index) as gpu:
-                ttft_s.append(_prefill_seconds(backend, draw(prompt_tokens)))
-            gpu_runs.append((gpu.metrics, None))
-            with _gpu_monitor(gpu_index) as gpu:
-                generation = _decode(backend, draw, gen_tokens)
-            produced = len(generation.token_times_s)
-            decode_tok_s.append(produced / (generation.token_times_s[-1] - generation.start_s))
-            gaps_ms = 1000.0 * generation.inter_token_s
-            itl_ms.append(np.percentile(gaps_ms, [50, 90, 99]) if len(gaps_ms) else np.full(3, np.nan))
-            gpu_runs.append((gpu.metrics, produced))
-
-    itl = np.asarray(itl_ms)  # (repetitions, 3): p50, p90, p99 of each decode run
-    figures = {
-        "prefill_tok_s": Stats.from_values([prompt_tokens / s for s in ttft_s], "tok/s"),
-        "decode_tok_s": Stats.from_values(decode_tok_s, "tok/s"),
-        "ttft_ms": Stats.from_values([1000.0 * s for s in ttft_s], "ms"),
-    }
-    if np.isfinite(itl).all():  # gen_tokens == 1 has no gaps between tokens
-        for column, key in enumerate(("itl_p50_ms", "itl_p90_ms", "itl_p99_ms")):
-            figures[key] = Stats.from_values(itl[:, column], "ms")
-
+        runs = _timed_runs(backend, draw, prompt_tokens, gen_tokens, repetitions)
+    figures = _timed_figures(runs, prompt_tokens)
     timed: dict[str, Any] = {}
     for key, stats in figures.items():
         timed[key] = stats.median
@@ -143,12 +121,44 @@ def measure_efficiency(
         **timed,
         peak_rss_mb=usage.peak_rss_mb,
         cpu_util_pct=usage.cpu_util_pct,
-        **_gpu_figures(gpu_runs),
+        **_gpu_figures(runs["gpu"]),
         noisy=[key for key, stats in figures.items() if stats.noisy],
         prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens,
         repetitions=repetitions,
     )
+
+
+def _timed_runs(backend: Backend, draw, prompt_tokens: int, gen_tokens: int, repetitions: int) -> dict[str, list]:
+    """The measured repetitions, prefill and decode alternating: TTFTs, decode speeds, ITL percentiles, GPU metrics."""
+    gpu_index = _gpu_index(backend.device)
+    runs: dict[str, list] = {"ttft_s": [], "decode_tok_s": [], "itl_ms": [], "gpu": []}
+    for _ in range(repetitions):
+        with _gpu_monitor(gpu_index) as gpu:
+            runs["ttft_s"].append(_prefill_seconds(backend, draw(prompt_tokens)))
+        runs["gpu"].append((gpu.metrics, None))
+        with _gpu_monitor(gpu_index) as gpu:
+            generation = _decode(backend, draw, gen_tokens)
+        produced = len(generation.token_times_s)
+        runs["decode_tok_s"].append(produced / (generation.token_times_s[-1] - generation.start_s))
+        gaps_ms = 1000.0 * generation.inter_token_s
+        runs["itl_ms"].append(np.percentile(gaps_ms, [50, 90, 99]) if len(gaps_ms) else np.full(3, np.nan))
+        runs["gpu"].append((gpu.metrics, produced))
+    return runs
+
+
+def _timed_figures(runs: dict[str, list], prompt_tokens: int) -> dict[str, Stats]:
+    ttft_s = runs["ttft_s"]
+    figures = {
+        "prefill_tok_s": Stats.from_values([prompt_tokens / s for s in ttft_s], "tok/s"),
+        "decode_tok_s": Stats.from_values(runs["decode_tok_s"], "tok/s"),
+        "ttft_ms": Stats.from_values([1000.0 * s for s in ttft_s], "ms"),
+    }
+    itl = np.asarray(runs["itl_ms"])  # (repetitions, 3): p50, p90, p99 of each decode run
+    if np.isfinite(itl).all():  # gen_tokens == 1 has no gaps between tokens
+        for column, key in enumerate(("itl_p50_ms", "itl_p90_ms", "itl_p99_ms")):
+            figures[key] = Stats.from_values(itl[:, column], "ms")
+    return figures
 
 
 def _gpu_monitor(gpu_index: int | None):
