@@ -166,7 +166,7 @@ class GpuMonitor:
     (each only where the GPU reports it), and is empty where NVML is missing.
     """
 
-    def __init__(self, device_index: int = 0, pid: int | None = None, interval_s: float = 0.01):
+    def __init__(self, device_index: int = 0, pid: int | None = None, interval_s: float = DEFAULT_INTERVAL_S):
         self.device_index = device_index
         self.pid = os.getpid() if pid is None else pid
         self.interval_s = interval_s
