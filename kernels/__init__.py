@@ -1,4 +1,4 @@
-"""Numba scoring kernels: log-softmax, token NLL and divergence over (N, V) logits."""
+"""Installed as ``harness.kernels`` (pyproject's package-dir): Numba log-softmax, token NLL and divergence kernels."""
 
 from __future__ import annotations
 
