@@ -1,16 +1,34 @@
-"""Runtime registry: runtime name -> lazy "module:Class", so the CLI never imports torch to print --help."""
+"""Installed as ``harness.backends`` (pyproject's ``package-dir`` maps this folder): the runtime registry.
+
+Runtime name -> lazy ``"module:Class"``, so the CLI never imports torch to
+print --help. Each runtime folder has a light ``config.py`` (its name and
+settings class, imported here) and a heavy ``backend.py``, imported only when
+a backend of that runtime is opened.
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from harness.manifest import Variant
 
+from .llamacpp.config import RUNTIME as LLAMACPP
+from .llamacpp.config import LlamaCppSettings
+from .ort.config import RUNTIME as ORT
+from .ort.config import OrtSettings
+from .pytorch.config import RUNTIME as TORCH
+from .pytorch.config import TorchSettings
+
+# Relative to this package, so the registry reads the same from the folder as from the installed name.
 RUNTIMES: dict[str, str] = {
-    "torch": "harness.backends.pytorch.backend:TorchBackend",
-    "ort": "harness.backends.ort.backend:OrtBackend",
-    "llamacpp": "harness.backends.llamacpp.backend:LlamaCppBackend",
+    TORCH: ".pytorch.backend:TorchBackend",
+    ORT: ".ort.backend:OrtBackend",
+    LLAMACPP: ".llamacpp.backend:LlamaCppBackend",
 }
+
+# Runtime name -> its settings class; light, for code that builds settings without loading a runtime.
+SETTINGS_CLASSES: dict[str, type] = {LLAMACPP: LlamaCppSettings, ORT: OrtSettings, TORCH: TorchSettings}
 
 
 class RuntimeUnavailable(Exception):
@@ -18,11 +36,12 @@ class RuntimeUnavailable(Exception):
 
 
 def backend_class(runtime: str):
+    """The backend class of ``runtime``, importing its runtime package; RuntimeUnavailable when that fails."""
     if runtime not in RUNTIMES:
         raise KeyError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     module_name, class_name = RUNTIMES[runtime].split(":")
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name, __name__)
     except Exception as exc:  # an ImportError, or a broken native library
         raise RuntimeUnavailable(f"{runtime}: {type(exc).__name__}: {exc}") from exc
     return getattr(module, class_name)
@@ -37,6 +56,17 @@ def runtime_unavailable_reason(runtime: str) -> str | None:
     return None
 
 
-def open_backend(variant: Variant, threads: int | None = None, device: str = "cpu"):
-    """An unloaded backend for ``variant``; use it as a context manager."""
-    return backend_class(variant.runtime)(variant, threads=threads, device=device)
+def open_backend(variant: Variant, threads: int | None = None, device: str = "cpu", settings: Any = None):
+    """An unloaded backend for ``variant``; use it as a context manager.
+
+    ``threads``: None means every usable CPU (``harness.environment.thread_count``).
+    ``settings``: the variant's runtime's settings object (``SETTINGS_CLASSES[variant.runtime]``),
+    None for its defaults; one of another runtime is a TypeError, raised before the runtime is imported.
+    """
+    expected = SETTINGS_CLASSES.get(variant.runtime)
+    if settings is not None and expected is not None and not isinstance(settings, expected):
+        raise TypeError(
+            f"{variant.name}: runtime {variant.runtime!r} takes {expected.__name__} settings "
+            f"(or None for its defaults), got {type(settings).__name__}"
+        )
+    return backend_class(variant.runtime)(variant, threads=threads, device=device, settings=settings)

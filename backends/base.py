@@ -1,8 +1,11 @@
 """The one interface every runtime adapter implements.
 
-Subclasses provide raw next-token logits (``_forward_logits``) and greedy
-decoding (``_generate``); the base class turns logits into log-probabilities
-with the shared kernels, so every runtime's accuracy comes from the same math.
+Subclasses provide raw float32 next-token logits (``_forward_logits``) and
+greedy decoding (``_generate``). ``logit_blocks`` is the template method: it
+checks the sequence, takes the subclass's logits block by block and pairs each
+block with its targets. Production scoring hands those blocks to
+``harness.kernels`` in ``harness/accuracy.py``, so every runtime's accuracy
+comes from the same math; ``logprobs`` is a convenience over the same blocks.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from harness.environment import usable_cpus
+from harness.environment import thread_count
 from harness.manifest import Variant
 
 # Rows of float32 logits handed out at once: 256 x 49,152 x 4 B = 50 MB for SmolLM2.
@@ -52,16 +55,22 @@ class Generation:
 
 
 class Backend(abc.ABC):
-    """A loaded variant in its runtime. Use as a context manager."""
+    """A loaded variant in its runtime. Use as a context manager.
+
+    ``settings`` is the runtime's own settings object (``settings_class``, a
+    frozen dataclass from its ``config.py``); None means its defaults.
+    """
 
     runtime: str = ""
+    settings_class: type | None = None
 
-    def __init__(self, variant: Variant, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, variant: Variant, threads: int | None = None, device: str = "cpu", settings: Any = None):
         self.variant = variant
-        # Explicit everywhere: left to themselves the runtimes disagree (llama-cpp-python takes half the cores).
-        self.threads = threads or usable_cpus()
+        self.threads = thread_count(threads)
         self.device = device
+        self.settings = _checked_settings(type(self), settings)
         self.eos_token_ids: frozenset[int] = frozenset()
+        self._native: Any = None  # the runtime's loaded object: set by load(), None again after close()
 
     # ---- life cycle -------------------------------------------------------
     @abc.abstractmethod
@@ -77,12 +86,28 @@ class Backend(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @property
+    def native(self) -> Any:
+        """The runtime's own loaded object, for code that drives it directly (benchmarks/direct_loops.py).
+
+        ``llama_cpp.Llama``, the transformers model or the ``onnxruntime_genai.Model``.
+        """
+        return self._require_loaded()
+
+    def _require_loaded(self) -> Any:
+        if self._native is None:
+            raise RuntimeError(f"{self.variant.name}: call load() (or use the backend as a context manager) first")
+        return self._native
+
     def synchronize(self) -> None:
         """Wait for queued device work; a no-op on the CPU."""
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
-        """Runtime and version, device, threads, dtype (and KV-cache type where it has one)."""
+        """Runtime and version, device, threads, dtype, and every setting that moves the numbers.
+
+        Reads only: it changes no process or runtime state.
+        """
 
     # ---- scoring ----------------------------------------------------------
     @abc.abstractmethod
@@ -111,7 +136,11 @@ class Backend(abc.ABC):
             raise RuntimeError(f"{self.variant.name}: backend yielded logits up to {pos}, expected {len(ids) - 1}")
 
     def logprobs(self, sequences: Sequence[Sequence[int]], start: int = 0) -> list[np.ndarray]:
-        """Log-probability of each next token: one float64 (T - 1 - start,) array per sequence."""
+        """Log-probability of each next token: one float64 (T - 1 - start,) array per sequence.
+
+        A convenience for tests and quick checks; the harness scores through
+        ``logit_blocks`` (``harness.accuracy``), which never holds a whole sequence's logits.
+        """
         from harness.kernels import token_nll
 
         out = []
@@ -130,9 +159,23 @@ class Backend(abc.ABC):
         """
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Generation:
+        """Greedy continuation of ``prompt_ids``, up to ``max_new_tokens``, with a clock stamp per token."""
         ids = np.ascontiguousarray(prompt_ids, dtype=np.int64)
         stamps: list[float] = []
         self.synchronize()
         start = time.perf_counter()
         tokens = self._generate(ids, max_new_tokens, stamps)
         return Generation(list(tokens), start, stamps)
+
+
+def _checked_settings(backend: type, settings: Any) -> Any:
+    """``settings``, or the defaults of ``backend.settings_class``; a settings object of another runtime is a TypeError."""
+    cls = backend.settings_class
+    if settings is None:
+        return cls() if cls is not None else None
+    if cls is None or not isinstance(settings, cls):
+        expected = cls.__name__ if cls is not None else "None"
+        raise TypeError(
+            f"{backend.__name__} takes {expected} settings (or None for the defaults), got {type(settings).__name__}"
+        )
+    return settings

@@ -6,6 +6,19 @@ import json
 from pathlib import Path
 
 
+def eos_ids(tokenizer_path: str | Path, *declared) -> frozenset[int]:
+    """The ids a backend stops on: the shared tokenizer's, plus those its runtime's model declares.
+
+    Each of ``declared`` is what a model config holds: None, one id or a list of
+    ids (as ints or numeric strings, as GGUF metadata stores them). Negative ids,
+    llama.cpp's "no such token", are dropped.
+    """
+    ids = set(tokenizer_eos_ids(tokenizer_path))
+    for value in declared:
+        ids |= int_ids(value)
+    return frozenset(i for i in ids if i >= 0)
+
+
 def tokenizer_eos_ids(tokenizer_path: str | Path) -> frozenset[int]:
     """EOS ids of the shared tokenizer directory: tokenizer_config's eos_token plus config/generation_config ids.
 
@@ -17,7 +30,7 @@ def tokenizer_eos_ids(tokenizer_path: str | Path) -> frozenset[int]:
         return frozenset()
     ids: set[int] = set()
     for name in ("config.json", "generation_config.json"):
-        ids |= _int_ids(_read_json(root / name).get("eos_token_id"))
+        ids |= int_ids(_read_json(root / name).get("eos_token_id"))
     eos = _read_json(root / "tokenizer_config.json").get("eos_token")
     eos = eos.get("content") if isinstance(eos, dict) else eos
     if isinstance(eos, str):
@@ -31,7 +44,8 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _int_ids(value) -> set[int]:
+def int_ids(value) -> set[int]:
+    """An id field of a config as a set: None -> {}, 2 -> {2}, [2, "3"] -> {2, 3}."""
     if value is None:
         return set()
     return {int(v) for v in value} if isinstance(value, list) else {int(value)}

@@ -8,7 +8,6 @@ own output buffer; decoding block by block and copying each block out of
 
 from __future__ import annotations
 
-import ctypes
 import time
 from contextlib import ExitStack
 from typing import Any, Iterator
@@ -16,28 +15,30 @@ from typing import Any, Iterator
 import llama_cpp
 import numpy as np
 
-from harness.backends.base import Backend
-from harness.backends.llamacpp.config import RUNTIME, LlamaCppSettings
-from harness.backends.eos import tokenizer_eos_ids
-from harness.manifest import Variant
+from ..base import Backend
+from ..eos import eos_ids
+from .config import RUNTIME, LlamaCppSettings
 
 
 class LlamaCppBackend(Backend):
     """A GGUF file in llama.cpp, one sequence at a time, the KV cache cleared per sequence."""
 
     runtime = RUNTIME
+    settings_class = LlamaCppSettings
+    settings: LlamaCppSettings
 
-    def __init__(self, variant: Variant, threads: int | None = None, device: str = "cpu",
-                 settings: LlamaCppSettings = LlamaCppSettings()):
-        super().__init__(variant, threads, device)
-        self.settings = settings
+    def __init__(self, *args: Any, **kwargs: Any):  # Backend's arguments
+        super().__init__(*args, **kwargs)
         self._stack = ExitStack()
-        self._llm = None
+        # Set by load(), dropped by close(): raw handles into the llama_cpp.Llama in self._native.
+        self._ctx = None
         self._batch = None
+        self._one = self._one_batch = None
+        self._n_vocab = 0
 
     def load(self) -> None:
         s = self.settings
-        self._llm = llama_cpp.Llama(
+        llm = llama_cpp.Llama(
             self.variant.path,
             n_gpu_layers=-1 if self.device.startswith("cuda") else 0,
             n_ctx=s.n_ctx,
@@ -50,28 +51,29 @@ class LlamaCppBackend(Backend):
             type_v=getattr(llama_cpp, f"GGML_TYPE_{s.type_v.upper()}"),
             use_mmap=s.use_mmap,
             logits_all=False,  # we request per-token logits in our own batches
+            # llama-cpp-python's process-wide log callback then passes on only errors (to sys.stderr),
+            # as in benchmarks/direct_loops.py and harness/tokenizer.py; where those lines end up is the
+            # caller's business (the runner sends a child's native output to its log).
             verbose=False,
         )
-        self._stack.callback(self._llm.close)
+        self._stack.callback(llm.close)
+        self._native = llm
         self._batch = llama_cpp.llama_batch_init(s.n_batch, 0, 1)
         self._stack.callback(llama_cpp.llama_batch_free, self._batch)
-        self._ctx = self._llm.ctx
-        self._n_vocab = self._llm.n_vocab()
+        self._ctx = llm.ctx
+        self._n_vocab = llm.n_vocab()
         self._one = (llama_cpp.llama_token * 1)()
         self._one_batch = llama_cpp.llama_batch_get_one(self._one, 1)
-        model_eos = {self._llm.token_eos()}
-        eot = self._llm.metadata.get("tokenizer.ggml.eot_token_id")
-        if eot is not None:
-            model_eos.add(int(eot))
-        self.eos_token_ids = tokenizer_eos_ids(self.variant.tokenizer_path) | frozenset(t for t in model_eos if t >= 0)
+        eot = llm.metadata.get("tokenizer.ggml.eot_token_id")
+        self.eos_token_ids = eos_ids(self.variant.tokenizer_path, llm.token_eos(), eot)
 
     def close(self) -> None:
         self._stack.close()
-        self._llm = self._batch = None
+        self._native = self._ctx = self._batch = self._one = self._one_batch = None
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
-        ctx = self._llm.ctx if self._llm else None
+        ctx = self._ctx
         return {
             "runtime": RUNTIME,
             "version": llama_cpp.__version__,
@@ -80,16 +82,18 @@ class LlamaCppBackend(Backend):
             "threads_batch": llama_cpp.llama_n_threads_batch(ctx) if ctx else self.threads,
             "dtype": self.variant.precision,
             "kv_cache_type": s.type_k if s.type_k == s.type_v else f"k={s.type_k},v={s.type_v}",
+            "type_k": s.type_k,
+            "type_v": s.type_v,
             "n_ctx": s.n_ctx,
             "n_batch": s.n_batch,
             "n_ubatch": s.n_ubatch,
             "flash_attn": s.flash_attn,
+            "use_mmap": s.use_mmap,
         }
 
     # ---- llama_decode helpers --------------------------------------------
     def _clear(self) -> None:
-        if self._llm is None:
-            raise RuntimeError(f"{self.variant.name}: call load() (or use the backend as a context manager) first")
+        self._require_loaded()
         # Positions only, as llama-bench does: data=True would also zero the whole KV buffer
         # (94 MB at n_ctx 4096 for SmolLM2-135M), a cost inside every timed generate.
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), False)

@@ -11,40 +11,36 @@ from typing import Any, Iterator
 import numpy as np
 import onnxruntime_genai as og
 
-from harness.backends.base import Backend
-from harness.backends.ort.config import GENAI_CONFIG, RUNTIME, OrtSettings
-from harness.backends.eos import tokenizer_eos_ids
-from harness.manifest import Variant
+from ..base import Backend
+from ..eos import eos_ids
+from .config import GENAI_CONFIG, RUNTIME, OrtSettings
 
 
 class OrtBackend(Backend):
     """An onnxruntime-genai model directory (model builder output with ``genai_config.json``)."""
 
     runtime = RUNTIME
+    settings_class = OrtSettings
+    settings: OrtSettings
 
-    def __init__(self, variant: Variant, threads: int | None = None, device: str = "cpu",
-                 settings: OrtSettings = OrtSettings()):
-        super().__init__(variant, threads, device)
-        self.settings = settings
-        self._model = None
-        self._genai: dict = {}
+    @property
+    def provider(self) -> str:
+        """The execution provider: the setting, else cuda on a cuda device, else cpu."""
+        return self.settings.provider or ("cuda" if self.device.startswith("cuda") else "cpu")
 
     def load(self) -> None:
-        self._genai = json.loads(Path(self.variant.path, GENAI_CONFIG).read_text())
+        genai = json.loads(Path(self.variant.path, GENAI_CONFIG).read_text())
         config = og.Config(self.variant.path)
         session = {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1}
         config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
-        provider = self.settings.provider or ("cuda" if self.device.startswith("cuda") else None)
-        if provider:
-            config.clear_providers()
-            config.append_provider(provider)
-        self._model = og.Model(config)
-        model_eos = self._genai["model"].get("eos_token_id")
-        model_eos = model_eos if isinstance(model_eos, list) else [] if model_eos is None else [model_eos]
-        self.eos_token_ids = tokenizer_eos_ids(self.variant.tokenizer_path) | frozenset(int(t) for t in model_eos)
+        config.clear_providers()  # no provider left is the CPU
+        if self.provider.lower() not in ("cpu", "cpuexecutionprovider"):
+            config.append_provider(self.provider)
+        self._native = og.Model(config)
+        self.eos_token_ids = eos_ids(self.variant.tokenizer_path, genai["model"].get("eos_token_id"))
 
     def close(self) -> None:
-        self._model = None
+        self._native = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -54,15 +50,14 @@ class OrtBackend(Backend):
             "device": self.device,
             "threads": self.threads,
             "dtype": self.variant.precision,
-            "provider": self.settings.provider or ("cuda" if self.device.startswith("cuda") else "cpu"),
+            "provider": self.provider,
         }
 
     def _generator(self, max_length: int):
-        if self._model is None:
-            raise RuntimeError(f"{self.variant.name}: call load() (or use the backend as a context manager) first")
-        params = og.GeneratorParams(self._model)
+        model = self._require_loaded()
+        params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=max_length)
-        return og.Generator(self._model, params)
+        return og.Generator(model, params)
 
     def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
         # Appending the sequence chunk by chunk gives, after each append, the logits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Iterator
 
@@ -10,31 +11,30 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from harness.backends.base import Backend
-from harness.backends.eos import tokenizer_eos_ids
-from harness.backends.pytorch.config import RUNTIME, TORCH_DTYPES, TorchSettings
-from harness.manifest import Variant
+from ..base import Backend
+from ..eos import eos_ids
+from .config import RUNTIME, TORCH_DTYPES, TorchSettings
 
 
 class TorchBackend(Backend):
     """A transformers causal LM in eval mode under ``torch.inference_mode``."""
 
     runtime = RUNTIME
+    settings_class = TorchSettings
+    settings: TorchSettings
 
-    def __init__(self, variant: Variant, threads: int | None = None, device: str = "cpu",
-                 settings: TorchSettings = TorchSettings()):
-        super().__init__(variant, threads, device)
-        if variant.precision not in TORCH_DTYPES:
-            raise ValueError(f"{variant.name}: precision {variant.precision!r} is not one of {', '.join(TORCH_DTYPES)}")
-        self.settings = settings
-        self.dtype = getattr(torch, TORCH_DTYPES[variant.precision])
-        self._model = None
+    def __init__(self, *args: Any, **kwargs: Any):  # Backend's arguments
+        super().__init__(*args, **kwargs)
+        precision = self.variant.precision
+        if precision not in TORCH_DTYPES:
+            raise ValueError(f"{self.variant.name}: precision {precision!r} is not one of {', '.join(TORCH_DTYPES)}")
+        self.dtype = getattr(torch, TORCH_DTYPES[precision])
 
     def _apply_threads(self) -> None:
         # torch's thread count is the process's OpenMP setting, and other OpenMP users
         # reset it (numba's omp threading layer sets it to all cores when the kernels
         # first run), so it is re-applied before every run, not only at load.
-        if self.threads and torch.get_num_threads() != self.threads:
+        if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
 
     def load(self) -> None:
@@ -42,40 +42,35 @@ class TorchBackend(Backend):
         model = AutoModelForCausalLM.from_pretrained(
             self.variant.path, dtype=self.dtype, attn_implementation=self.settings.attn_implementation
         )
-        self._model = model.to(self.device).eval()
-        config_eos = self._model.generation_config.eos_token_id
-        config_eos = config_eos if isinstance(config_eos, list) else [] if config_eos is None else [config_eos]
-        self.eos_token_ids = tokenizer_eos_ids(self.variant.tokenizer_path) | frozenset(int(t) for t in config_eos)
+        _check_takes_cache(model)
+        self._native = model.to(self.device).eval()
+        self.eos_token_ids = eos_ids(self.variant.tokenizer_path, self._native.generation_config.eos_token_id)
 
     def close(self) -> None:
-        self._model = None
+        self._native = None
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
 
     def describe(self) -> dict[str, Any]:
-        self._apply_threads()
+        model = self._native
         return {
             "runtime": RUNTIME,
             "version": torch.__version__,
             "transformers_version": transformers.__version__,
             "device": self.device,
-            "threads": torch.get_num_threads(),
+            # Applied before every forward pass, block and generation (see _apply_threads).
+            "threads": self.threads,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "attn_implementation": self._model.config._attn_implementation if self._model else None,
+            # The kernel transformers chose (it may fall back from the setting); it has no public accessor.
+            "attn_implementation": model.config._attn_implementation if model else self.settings.attn_implementation,
         }
-
-    @property
-    def model(self):
-        if self._model is None:
-            raise RuntimeError(f"{self.variant.name}: call load() (or use the backend as a context manager) first")
-        return self._model
 
     def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
         # The hidden states of every position are small (T x 576); the logits are not
         # (T x 49,152), so the head runs per block and only one float32 block lives at a time.
-        model = self.model
+        model = self._require_loaded()
         self._apply_threads()
         with torch.inference_mode():
             input_ids = torch.from_numpy(token_ids[:-1]).unsqueeze(0).to(self.device)
@@ -89,7 +84,7 @@ class TorchBackend(Backend):
             yield np.ascontiguousarray(block)
 
     def _generate(self, prompt_ids: np.ndarray, max_new_tokens: int, stamp: list[float]) -> list[int]:
-        model = self.model
+        model = self._require_loaded()
         self._apply_threads()
         cache = DynamicCache(config=model.config)
         produced: list[int] = []
@@ -105,3 +100,16 @@ class TorchBackend(Backend):
                     break
                 step_ids = torch.tensor([[token]], device=self.device)
         return produced
+
+
+def _check_takes_cache(model) -> None:
+    """Refuse a model whose forward has no ``cache`` parameter: ``cache=`` would vanish into its **kwargs.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache``; before it, _generate's
+    cache is silently unused and every step after the first sees one token only.
+    """
+    if "cache" not in inspect.signature(model.forward).parameters:
+        raise RuntimeError(
+            f"transformers {transformers.__version__}: {type(model).__name__}.forward takes no cache=, so decoding "
+            "would run without its KV cache; install transformers>=5.24 (pyproject's floor)"
+        )

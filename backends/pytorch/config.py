@@ -9,9 +9,21 @@ RUNTIME = "torch"
 # Variant precision -> torch dtype name.
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
+# transformers' attention kernels (``attn_implementation``); the flash ones need a GPU.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+
 
 @dataclass(frozen=True)
 class TorchSettings:
     """How transformers runs a variant."""
 
-    attn_implementation: str = field(default="sdpa", metadata={"help": "transformers attention kernel"})
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "transformers attention kernel", "choices": ATTN_IMPLEMENTATIONS}
+    )
+
+    def __post_init__(self) -> None:
+        """Validates only."""
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={self.attn_implementation!r}: pass one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
