@@ -7,16 +7,24 @@ busy, and two OpenMP threads contending for them slow PyTorch down 10x.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import naive
 import numpy as np
 import pytest
+from packaging.version import Version
 
-from harness.backends import open_backend, runtime_unavailable_reason
+from harness.backends import SETTINGS_CLASSES, open_backend, runtime_unavailable_reason
+from harness.backends.eos import eos_ids
+from harness.backends.llamacpp.config import LlamaCppSettings
+from harness.backends.ort.config import OrtSettings
+from harness.backends.pytorch.config import TorchSettings
 
+REPO = Path(__file__).resolve().parent.parent
 THREADS = 1
 WINDOW_TOKENS = 512
 FP32 = ("torch-fp32", "ort-fp32", "llamacpp-f32")
@@ -144,11 +152,9 @@ def test_start_and_block_size_do_not_change_the_logits(prepared, windows, name):
 
 def test_llamacpp_blocks_are_bit_identical_without_flash_attention(prepared, windows):
     """With flash attention off llama.cpp's logits do not depend on the split: any misalignment would show."""
-    from harness.backends.llamacpp.backend import LlamaCppBackend
-    from harness.backends.llamacpp.config import LlamaCppSettings
-
     seq = windows[1][:80]
-    with LlamaCppBackend(prepared["llamacpp-f32"], THREADS, settings=LlamaCppSettings(flash_attn=False)) as backend:
+    with open_backend(prepared["llamacpp-f32"], THREADS, settings=LlamaCppSettings(flash_attn=False)) as backend:
+        assert backend.describe()["flash_attn"] is False  # the setting reached the runtime's record
         whole, blocked = _whole_and_blocks(backend, seq)
     np.testing.assert_array_equal(blocked, whole[30:])
 
@@ -156,7 +162,11 @@ def test_llamacpp_blocks_are_bit_identical_without_flash_attention(prepared, win
 def test_every_variant_answers_logprobs_and_generate(prepared, windows):
     seq = windows[0][:64]
     for name, variant in prepared.items():
-        with open_backend(variant, threads=THREADS) as backend:
+        backend = open_backend(variant, threads=THREADS)
+        with pytest.raises(RuntimeError, match="call load"):
+            backend.native
+        with backend:
+            assert backend.native is not None, name
             (lp,) = backend.logprobs([seq])
             assert lp.shape == (63,) and np.all(np.isfinite(lp)) and np.all(lp <= 0), name
             assert 1.0 < -lp.mean() < 8.0, (name, -lp.mean())  # a working model, not noise (ln 49152 = 10.8)
@@ -230,3 +240,113 @@ def test_scoring_4096_tokens_with_full_logits_keeps_peak_rss_under_1gb_over_the_
           f"{seen['rows']} positions: +{rise_mb:.0f} MB (all logits as float32 would be 805 MB)")
     assert seen["rows"] == 4095
     assert rise_mb < 1024
+
+
+# ---- settings, describe() and the native handle --------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: LlamaCppSettings(type_k="f8"),
+    lambda: LlamaCppSettings(n_ubatch=1024),  # above n_batch
+    lambda: OrtSettings(provider=""),
+    lambda: TorchSettings(attn_implementation="flash"),
+])
+def test_settings_refuse_a_bad_value_saying_what_to_pass(make):
+    with pytest.raises(ValueError, match=r"=.*: pass "):
+        make()
+
+
+def test_open_backend_passes_its_runtimes_settings_and_refuses_anothers(prepared):
+    llama = prepared["llamacpp-f32"]
+    settings = LlamaCppSettings(n_ctx=1024, n_batch=256, n_ubatch=128, type_k="q8_0", type_v="f16", use_mmap=False)
+    described = open_backend(llama, threads=THREADS, settings=settings).describe()  # describe() needs no load
+    assert {k: described[k] for k in ("n_ctx", "n_batch", "n_ubatch", "type_k", "type_v", "use_mmap", "flash_attn")} \
+        == {"n_ctx": 1024, "n_batch": 256, "n_ubatch": 128, "type_k": "q8_0", "type_v": "f16", "use_mmap": False,
+            "flash_attn": True}
+    assert described["kv_cache_type"] == "k=q8_0,v=f16"
+    with pytest.raises(TypeError, match="LlamaCppSettings"):
+        open_backend(llama, settings=OrtSettings())
+    for name in FP32:
+        backend = open_backend(prepared[name], threads=THREADS)
+        assert backend.settings == SETTINGS_CLASSES[backend.runtime](), name  # None means the runtime's defaults
+    assert open_backend(prepared["ort-fp32"], settings=OrtSettings(provider="cpu")).describe()["provider"] == "cpu"
+
+
+def test_native_is_the_runtimes_own_loaded_object(prepared):
+    import llama_cpp
+    import onnxruntime_genai as og
+    import transformers
+
+    expected = {"llamacpp-f32": llama_cpp.Llama, "ort-fp32": og.Model, "torch-fp32": transformers.PreTrainedModel}
+    for name, cls in expected.items():
+        with open_backend(prepared[name], threads=THREADS) as backend:
+            assert isinstance(backend.native, cls), (name, type(backend.native))
+        with pytest.raises(RuntimeError, match="call load"):
+            backend.native  # closed
+
+
+def test_torch_describe_reads_the_thread_count_without_setting_it(prepared):
+    import torch
+
+    before = torch.get_num_threads()
+    with open_backend(prepared["torch-fp32"], threads=THREADS) as backend:
+        try:
+            torch.set_num_threads(THREADS + 1)  # as numba's OpenMP layer does when the kernels first run
+            assert backend.describe()["threads"] == THREADS
+            assert torch.get_num_threads() == THREADS + 1
+        finally:
+            torch.set_num_threads(before)
+
+
+def test_eos_ids_joins_the_tokenizers_ids_and_each_runtimes_declared_forms(prepared, tmp_path):
+    shared = eos_ids(prepared["torch-fp32"].tokenizer_path)
+    assert shared  # SmolLM2's tokenizer names its EOS token
+    # None, one id, a list, GGUF metadata's numeric string, llama.cpp's -1 for "no such token":
+    assert eos_ids(tmp_path, None, 7, [8, 9], "10", -1) == {7, 8, 9, 10}
+    assert eos_ids(prepared["torch-fp32"].tokenizer_path, 7) == shared | {7}
+
+
+# ---- the KV cache of the torch backend, and the transformers release it needs ---------------------
+
+def _greedy_by_recomputation(backend, prompt: np.ndarray, n: int) -> tuple[list[int], list[float]]:
+    """Greedy tokens from full forward passes without any cache, and each step's top-two logit margin."""
+    tokens: list[int] = []
+    margins: list[float] = []
+    for _ in range(n):
+        seq = np.concatenate([prompt, tokens, [0]]).astype(np.int64)  # the 0 is only a target
+        *_, last = backend.logit_blocks(seq, start=len(seq) - 2)
+        logits = last.logits[-1]
+        top2 = np.partition(logits, -2)[-2:]
+        tokens.append(int(np.argmax(logits)))
+        margins.append(float(top2[1] - top2[0]))
+        if tokens[-1] in backend.eos_token_ids:
+            break
+    return tokens, margins
+
+
+def test_torch_greedy_generate_with_its_kv_cache_equals_recomputing_without_one(prepared, token_ids):
+    """A KV cache that transformers silently ignored (cache= lost in **kwargs) would decode from one token."""
+    prompts = [token_ids[s : s + n] for s, n in ((1500, 12), (3500, 48))]
+    with open_backend(prepared["torch-fp32"], threads=THREADS) as backend:
+        for prompt in prompts:
+            got = backend.generate(prompt, GEN_TOKENS).token_ids
+            want, margins = _greedy_by_recomputation(backend, prompt, len(got))
+            pos = next((k for k, (x, y) in enumerate(zip(want, got)) if x != y), None)
+            # Only an exact tie may flip a token between the two ways of computing the same math.
+            assert pos is None or margins[pos] < TIE_MARGIN, (pos, want, got)
+            if pos is None:
+                assert got == want and (len(got) == GEN_TOKENS or got[-1] in backend.eos_token_ids)
+
+
+def test_installed_transformers_meets_the_floor_the_kv_cache_call_needs():
+    from harness.backends.pytorch.backend import _check_takes_cache
+
+    floor = re.search(r'"transformers>=([0-9.]+)', (REPO / "pyproject.toml").read_text()).group(1)
+    assert Version(version("transformers")) >= Version(floor)
+    # 5.24 is the first release whose models take forward(cache=...); the torch backend passes cache=.
+    assert Version(floor) >= Version("5.24"), floor
+
+    class OldForward:  # a transformers 5.23 model: cache= would fall into **kwargs
+        def forward(self, input_ids, past_key_values=None, use_cache=None, **kwargs): ...
+
+    with pytest.raises(RuntimeError, match="without its KV cache"):
+        _check_takes_cache(OldForward())
