@@ -34,18 +34,39 @@ def test_folders_install_under_the_harness_namespace_only(tmp_path):
         assert origin is None or not Path(origin).is_relative_to(REPO), f"we claim top-level {generic!r}: {origin}"
 
 
-def test_distribution_declares_only_harness_packages():
-    from importlib.metadata import distribution
+# The packages the installed distribution provides, {dotted name: folder}, read from its file list:
+# setuptools' editable finder maps each package to a folder (the default editable install); a .pth
+# line names a folder whose packages it puts on sys.path (editable_mode=strict's link tree); an
+# __init__.py in the record is a package (a regular install).
+DIST_PROBE = """
+import ast, json, pathlib
+from importlib.metadata import distribution
 
-    dist = distribution("harness")
-    text = dist.read_text("top_level.txt")
-    if text is not None:
-        assert set(text.split()) <= {"harness"}, text
-    mapping = [f for f in dist.files or [] if "editable" in f.name and f.name.endswith(".py")]
-    for finder in mapping:  # setuptools' editable finder names every package it maps
-        source = finder.read_text()
-        assert "'kernels'" not in source and "'backends'" not in source, source
-        assert "'harness.kernels'" in source and "'harness.backends'" in source
+def packages_under(root):
+    return {".".join(p.parent.relative_to(root).parts): str(p.parent) for p in root.rglob("__init__.py")}
+
+packages = {}
+for f in distribution("harness").files or []:
+    path = pathlib.Path(f.locate())
+    if f.name.startswith("__editable__") and f.name.endswith("_finder.py"):
+        mapping = path.read_text().split("MAPPING: dict[str, str] = ", 1)[1].splitlines()[0]
+        packages.update(ast.literal_eval(mapping))
+    elif f.suffix == ".pth":
+        for line in path.read_text().splitlines():
+            if line.strip() and not line.startswith(("import ", "#")) and pathlib.Path(line.strip()).is_dir():
+                packages.update(packages_under(pathlib.Path(line.strip())))
+    elif f.name == "__init__.py":
+        packages[".".join(f.parts[:-1])] = str(path.parent)
+print(json.dumps(packages))
+"""
+
+
+def test_distribution_provides_harness_and_its_two_mapped_packages_only(tmp_path):
+    # Outside the repository, so the metadata read is the installed one, not the checkout's harness.egg-info.
+    out = subprocess.run([sys.executable, "-c", DIST_PROBE], cwd=tmp_path, capture_output=True, text=True, check=True)
+    packages = json.loads(out.stdout)
+    assert {"harness", "harness.backends", "harness.kernels"} <= set(packages), packages
+    assert {name.split(".")[0] for name in packages} == {"harness"}, packages  # no top-level kernels/backends
 
 
 def test_help_does_not_import_the_runtimes():
