@@ -31,7 +31,7 @@ from harness.tokenizer import speed_token_pool
 def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:
     """Interleaved rounds of one harness and one direct repetition, after one warmup of each."""
     backend = loaded_backend(variant, threads)
-    direct = DIRECT[variant.runtime](variant, threads, shared=_loaded_model(backend))
+    direct = DIRECT[variant.runtime](variant, threads, shared=backend.native)
     pool = speed_token_pool(variant.tokenizer_path)
     rng = np.random.default_rng(12345)
     values: dict[str, list[float]] = {"harness_prefill": [], "harness_decode": [], "direct_prefill": [], "direct_decode": []}
@@ -39,8 +39,8 @@ def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens
     def harness_rep(seed: int, keep: bool) -> None:
         eff = measure_efficiency(backend, prompt_tokens, gen_tokens, warmup=0, repetitions=1, seed=seed, token_pool=pool)
         if keep:
-            values["harness_prefill"].append(eff["prefill_tok_s"])
-            values["harness_decode"].append(eff["decode_tok_s"])
+            values["harness_prefill"].append(eff.prefill_tok_s)
+            values["harness_decode"].append(eff.decode_tok_s)
 
     def direct_rep(keep: bool) -> None:
         prefill_s = direct.prefill_s(rng.choice(pool, prompt_tokens).tolist())
@@ -78,11 +78,6 @@ def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens
         "paired_ratio_prefill": summary(np.divide(values["direct_prefill"], values["harness_prefill"]).tolist()),
         "paired_ratio_decode": summary(np.divide(values["direct_decode"], values["harness_decode"]).tolist()),
     }
-
-
-def _loaded_model(backend):
-    """The runtime's own model object inside a loaded harness backend, for the direct loop to drive too."""
-    return {"llamacpp": lambda: backend._llm, "ort": lambda: backend._model, "torch": lambda: backend.model}[backend.runtime]()
 
 
 def main(argv: list[str] | None = None) -> int:

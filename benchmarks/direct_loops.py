@@ -41,7 +41,7 @@ class DirectLlama:
             flash_attn=flash_attn,
             verbose=False,
         )
-        self.ctx = self.llm._ctx.ctx
+        self.ctx = self.llm.ctx
         self.n_vocab = self.llm.n_vocab()
         self.one = (llama_cpp.llama_token * 1)()
         self.one_batch = llama_cpp.llama_batch_get_one(self.one, 1)
