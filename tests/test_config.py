@@ -73,3 +73,24 @@ def test_library_defaults_are_the_configurations():
         assert signature[name].default == getattr(CompareConfig, name), name
     assert accuracy.DEFAULT_MAX_NEW_TOKENS == CompareConfig.agreement_tokens
     assert runner.DEFAULT_TIMEOUT_S == CompareConfig.timeout
+
+
+def test_a_runtime_setting_from_the_command_line_reaches_the_backend_and_the_row(prepared, tmp_path):
+    """--llamacpp-type-k/-v travel config -> MeasureInputs -> the child's backend, and the row records them."""
+    import numpy as np
+
+    from harness.measure import MeasureInputs, measure_variant
+    from harness.protocols import build_windows
+
+    config = parse("compare", "--llamacpp-type-k", "q8_0", "--llamacpp-type-v", "q8_0", "--llamacpp-n-ubatch", "256")
+    windows = build_windows(np.arange(300) % 5000 + 100, "chunked", 128, None, None, max_tokens=256)
+    inputs = MeasureInputs(None, windows, None, [], None, threads=1, device="cpu", prompt_tokens=8, gen_tokens=2,
+                           warmup=0, repetitions=1, agreement_tokens=2, runtime_settings=config.runtime_settings())
+    row = measure_variant(prepared["llamacpp-q8_0"], inputs)
+    assert row["status"] == "ok", row["error"]
+    backend = row["backend"]
+    assert (backend["type_k"], backend["type_v"], backend["n_ubatch"]) == ("q8_0", "q8_0", 256)
+    default_row = measure_variant(prepared["llamacpp-q8_0"], MeasureInputs(**{**inputs.__dict__, "runtime_settings": {}}))
+    assert (default_row["backend"]["type_k"], default_row["backend"]["n_ubatch"]) == ("f16", 512)
+    # A quantized KV cache moves the logits: the setting is really used, not only recorded.
+    assert row["accuracy"]["nll_mean"] != default_row["accuracy"]["nll_mean"]
