@@ -1,4 +1,4 @@
-"""llama.cpp variants: an F32 GGUF holding exactly the reference weights, and llama.cpp's own quantizations of it."""
+"""llama.cpp variants: an F32 GGUF holding exactly the source's weights, and llama.cpp's own quantizations of it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import UserError
+from harness.errors import UserError, one_line
 from harness.native_output import native_stderr_to
 
 # Every llama.cpp variant made by quantizing llamacpp-f32, by llama.cpp's file-type name.
@@ -24,13 +24,9 @@ def read_gguf(path: Path):
             end = tensor.data_offset + tensor.n_bytes
             if end > size:
                 raise ValueError(f"tensor {tensor.name} ends at byte {end} past the end of the file ({size})")
-    except UserError:
-        raise
     except Exception as exc:  # gguf raises ValueError, struct/numpy errors on damaged files
-        raise UserError(
-            f"--model {path}: a truncated or corrupt GGUF file ({type(exc).__name__}: {exc}); "
-            "download it again or pass another file"
-        ) from None
+        raise UserError(f"a truncated or corrupt GGUF file ({one_line(exc)}); download it again or give another file",
+                        setting="model", value=path) from None
     return reader
 
 
@@ -50,7 +46,8 @@ def file_type_name(reader) -> str:
 def _field_value(reader, key: str):
     field = reader.fields.get(key)
     if field is None:
-        raise UserError(f"GGUF {reader.data.filename}: metadata key {key!r} is missing; the file is not a model GGUF")
+        raise UserError(f"metadata key {key!r} is missing, so this is no model GGUF; give a model's GGUF file",
+                        setting="model", value=reader.data.filename)
     return field.contents()
 
 

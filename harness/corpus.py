@@ -52,44 +52,45 @@ def load_corpus(
     text_field: str = "text",
     split: str = "test",
 ) -> Corpus:
-    """The corpus named by ``--text FILE`` or ``--dataset NAME``; the embedded default when neither is given."""
+    """The corpus of the ``text`` file or the named ``dataset``; the embedded default when neither is given."""
     if text is not None and dataset is not None:
-        raise UserError(f"--text {text} and --dataset {dataset}: pass one of them, not both")
+        raise UserError(f"a dataset ({dataset}) is named too; give a text file or a dataset, not both",
+                        setting="text", value=text)
     if text is not None:
         return load_text_file(text, text_field=text_field)
     if dataset in (None, DEFAULT_CORPUS):
         return pydoc_topics_corpus()
     if dataset in (WIKITEXT2, "wikitext-2-raw", "wikitext2"):
         return wikitext2_corpus(split=split)
-    raise UserError(f"--dataset {dataset}: unknown dataset; use one of {', '.join(DATASETS)} or pass --text FILE")
+    raise UserError(f"unknown dataset; use one of {', '.join(DATASETS)} or give a text file",
+                    setting="dataset", value=dataset)
 
 
 def load_text_file(path: str | os.PathLike, text_field: str = "text") -> Corpus:
     """A plain-text, WikiText raw or JSONL (``.jsonl``/``.ndjson``) file."""
     path = Path(path).expanduser()
-    label = f"--text {path}"
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "no such file"
-        raise UserError(f"{label}: {what}; pass a UTF-8 text, wiki.*.raw or .jsonl file")
+        raise UserError(f"{what}; give a UTF-8 text, wiki.*.raw or .jsonl file", setting="text", value=path)
     raw = path.read_bytes()
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(
-            f"{label}: not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); "
-            "convert it first, e.g. `iconv -t UTF-8`"
+            f"not valid UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); "
+            "convert it first, e.g. `iconv -t UTF-8`", setting="text", value=path,
         ) from None
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        content = _join_jsonl(content, label, text_field)
+        content = _join_jsonl(content, path, text_field)
     elif content.endswith("\n"):
         content = content[:-1]  # llama.cpp's -f drops exactly one trailing newline
     if not content.strip():
-        raise UserError(f"{label}: the text is empty; pass a file with text in it")
+        raise UserError("the text is empty; give a file with text in it", setting="text", value=path)
     name = f"wikitext-2:{path.name}" if re.fullmatch(r"wiki\.\w+\.raw", path.name) else path.name
     return Corpus(name, content, str(path.resolve()))
 
 
-def _join_jsonl(content: str, label: str, text_field: str) -> str:
+def _join_jsonl(content: str, path: Path, text_field: str) -> str:
     docs = []
     for line_no, line in enumerate(content.splitlines(), 1):
         if not line.strip():
@@ -97,12 +98,12 @@ def _join_jsonl(content: str, label: str, text_field: str) -> str:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{label}: line {line_no} is not JSON ({exc.msg}); write one JSON object per line") from None
+            raise UserError(f"line {line_no} is not JSON ({exc.msg}); write one JSON object per line",
+                            setting="text", value=path) from None
         value = record.get(text_field) if isinstance(record, dict) else None
         if not isinstance(value, str):
-            raise UserError(
-                f"{label}: line {line_no} has no string field {text_field!r}; choose the field with --text-field"
-            )
+            raise UserError(f"line {line_no} of {path} has no string field {text_field!r}; "
+                            "name the field that holds each record's text", setting="text_field", value=text_field)
         docs.append(value)
     return DOC_SEPARATOR.join(docs)
 
@@ -125,7 +126,7 @@ def wikitext2_search_paths(split: str = "test") -> list[Path]:
         env = Path(os.environ[WIKITEXT2_ENV]).expanduser()
         folders.append(env.parent if env.name == name else env)
     for base in (Path.cwd(), repo_root):
-        folders += [base / "data" / WIKITEXT2_DIR, base.parent / "shared" / "data" / WIKITEXT2_DIR, base / WIKITEXT2_DIR]
+        folders += [base / "data" / WIKITEXT2_DIR, base / WIKITEXT2_DIR]
     folders.append(cache_dir() / "data" / WIKITEXT2_DIR)
     unique = list(dict.fromkeys(folder.resolve() for folder in folders))
     return [folder / name for folder in unique]
@@ -142,7 +143,10 @@ def wikitext2_corpus(path: str | os.PathLike | None = None, split: str = "test")
         return load_text_file(path)
     local = find_wikitext2(split)
     if local is not None:
-        return load_text_file(local)
+        try:
+            return load_text_file(local)
+        except UserError as exc:  # about the file found, not a file the user named
+            raise UserError(f"{local}: {exc.problem}", setting="dataset", value=WIKITEXT2) from None
     try:
         import datasets  # optional, and only useful online
     except ImportError:
@@ -150,16 +154,15 @@ def wikitext2_corpus(path: str | os.PathLike | None = None, split: str = "test")
     if datasets is None:
         looked = ", ".join(str(p.parent) for p in wikitext2_search_paths(split))
         raise UserError(
-            f"--dataset {WIKITEXT2}: no local wiki.{split}.raw (looked in {looked}) and the `datasets` "
-            f"package is not installed; pass --text path/to/wiki.{split}.raw or set ${WIKITEXT2_ENV}"
+            f"no local wiki.{split}.raw (looked in {looked}) and the `datasets` package is not installed; "
+            f"give path/to/wiki.{split}.raw as the text file or set ${WIKITEXT2_ENV} to it",
+            setting="dataset", value=WIKITEXT2,
         )
     try:
         rows = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"]
-    except Exception as exc:  # offline, or the hub refused: say so in one line
-        raise UserError(
-            f"--dataset {WIKITEXT2}: could not fetch it with `datasets` ({type(exc).__name__}); "
-            f"pass --text path/to/wiki.{split}.raw"
-        ) from None
+    except Exception as exc:  # offline, or the hub refused (datasets raises many types): say so in one line
+        raise UserError(f"could not fetch it with `datasets` ({type(exc).__name__}); "
+                        f"give path/to/wiki.{split}.raw as the text file", setting="dataset", value=WIKITEXT2) from None
     # HF rows are the file's lines with each blank line " \n" turned into "";
     # undo that so the text is byte-identical to wiki.<split>.raw (minus -f's final newline).
     text = "".join(row if row else " \n" for row in rows)

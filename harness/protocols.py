@@ -77,28 +77,29 @@ def build_windows(
     if ids.ndim != 1:
         raise ValueError(f"token_ids must be 1-D, got shape {ids.shape}")
     if ctx < 2:
-        raise UserError(f"--ctx {ctx}: a window needs at least 2 tokens; pass --ctx 2 or more")
+        raise UserError("a window needs at least 2 tokens; pass 2 or more", setting="ctx", value=ctx)
     if max_tokens is not None:
         if max_tokens < 1:
-            raise UserError(f"--max-tokens {max_tokens}: must be at least 1")
+            raise UserError("must be at least 1", setting="max_tokens", value=max_tokens)
         ids = ids[:max_tokens]
     if max_chunks is not None and max_chunks < 1:
-        raise UserError(f"--max-chunks {max_chunks}: must be at least 1")
+        raise UserError("must be at least 1", setting="max_chunks", value=max_chunks)
     n_stream = len(ids) + (bos_id is not None)
     if n_stream < ctx:
-        budget = f" (cut to --max-tokens {max_tokens})" if max_tokens is not None else ""
-        raise UserError(
-            f"{text_name}: {len(ids)} tokens{budget}, fewer than one window of --ctx {ctx}; "
-            "pass a longer text or a smaller --ctx"
-        )
+        if max_tokens is None:
+            problem = f"{text_name} has {len(ids)} tokens, fewer than one window; pass a longer text or shorter windows"
+        else:
+            problem = (f"{text_name} has {len(ids)} tokens within the token budget of {max_tokens}, fewer than "
+                       "one window; pass a longer text, a larger token budget or shorter windows")
+        raise UserError(problem, setting="ctx", value=ctx)
     if protocol == "chunked":
         return chunked_windows(ids, ctx, bos_id, max_chunks)
     if protocol == "strided":
         stride = ctx // 2 if stride is None else stride
         if not 1 <= stride <= ctx:
-            raise UserError(f"--stride {stride}: must lie in [1, --ctx {ctx}]")
+            raise UserError(f"must lie in [1, {ctx}], the window length", setting="stride", value=stride)
         return strided_windows(ids, ctx, stride, bos_id, max_chunks)
-    raise UserError(f"--protocol {protocol}: unknown; use one of {', '.join(PROTOCOLS)}")
+    raise UserError(f"unknown protocol; use one of {', '.join(PROTOCOLS)}", setting="protocol", value=protocol)
 
 
 def chunked_windows(ids: np.ndarray, ctx: int, bos_id: int | None = None, max_chunks: int | None = None) -> list[Window]:

