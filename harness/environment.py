@@ -52,17 +52,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def package_version(dist: str) -> str | None:
+    """The installed version of the distribution ``dist`` (read from its metadata, never imported), else None."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def runtime_versions() -> dict[str, str]:
     """Each runtime's installed version, or 'not installed'."""
     versions = {}
     for module, dist in RUNTIME_DISTRIBUTIONS.items():
-        versions[module] = NOT_INSTALLED
-        for name in (dist, *ALTERNATIVE_DISTRIBUTIONS.get(module, ())):
-            try:
-                versions[module] = metadata.version(name)
-                break
-            except metadata.PackageNotFoundError:
-                continue
+        found = (package_version(name) for name in (dist, *ALTERNATIVE_DISTRIBUTIONS.get(module, ())))
+        versions[module] = next((v for v in found if v is not None), NOT_INSTALLED)
     return versions
 
 
@@ -70,9 +73,11 @@ def gpus() -> list[dict[str, Any]]:
     """Name, memory and driver of each NVIDIA GPU; empty without NVML."""
     try:
         import pynvml
-
+    except ImportError:
+        return []
+    try:
         pynvml.nvmlInit()
-    except Exception:
+    except pynvml.NVMLError:  # no NVIDIA driver or no GPU
         return []
     try:
         driver = _text(pynvml.nvmlSystemGetDriverVersion())
