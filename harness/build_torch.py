@@ -1,4 +1,9 @@
-"""transformers variants: the full-precision reference directory and its bf16 copy."""
+"""transformers variants: the full-precision copy of the source (torch-fp32), and its bf16 copy.
+
+torch-fp32 is also the base the ONNX variants are built from and holds the
+tokenizer every variant shares. Every load reads local files only: a build never
+reaches a model hub.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +13,59 @@ import os
 from pathlib import Path
 
 
+class UnsupportedArchitecture(Exception):
+    """transformers cannot read this architecture from GGUF: the torch and ort variants are skipped."""
 
-def reference_from_gguf(gguf_path: Path, dest: Path) -> None:
+
+def fp32_from_gguf(gguf_path: Path, dest: Path) -> None:
     """Dequantize a GGUF into a transformers directory: fp32 safetensors, config, tokenizer.
 
     transformers reads GGUF through the ``gguf`` library (dequantize, then undo
     llama.cpp's q/k row permutation) but refuses ``save_pretrained`` on such a
     model, so its state dict goes into a fresh model built from the config.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # its per-tensor bar would drown the harness's own
-    folder, name = str(gguf_path.parent), gguf_path.name
     try:
         # Its GGUF reader draws a bare tqdm bar per tensor that the switch above misses.
         with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
-            config = AutoConfig.from_pretrained(folder, gguf_file=name)
-            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            loaded = _load_fp32(gguf_path.parent, gguf_file=gguf_path.name)
     except ValueError as exc:
         if "not supported" not in str(exc):
             raise
         # transformers: "GGUF model with architecture X is not supported yet."
         raise UnsupportedArchitecture(f"transformers cannot read it: {str(exc).splitlines()[0]}") from None
-    _save_fresh(config, loaded.state_dict(), tokenizer, dest, torch.float32)
+    _save_fresh(*loaded, dest, "float32")
 
 
-def reference_from_hf(model_dir: Path, dest: Path) -> None:
+def fp32_from_hf(model_dir: Path, dest: Path) -> None:
     """Copy a transformers directory as fp32 safetensors with its tokenizer."""
+    _save_fresh(*_load_fp32(model_dir), dest, "float32")
+
+
+def bf16_copy(fp32_dir: Path, dest: Path) -> None:
+    """The torch-fp32 directory with its weights rounded to bfloat16."""
+    _save_fresh(*_load_fp32(fp32_dir), dest, "bfloat16")
+
+
+def _load_fp32(folder: Path, **source):
+    """Config, float32 state dict and tokenizer of a local transformers directory (or GGUF, ``gguf_file=``)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_dir)
-    loaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    _save_fresh(config, loaded.state_dict(), tokenizer, dest, torch.float32)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, **source)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True, **source)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **source)
+    return config, model.state_dict(), tokenizer
 
 
-def bf16_copy(reference_dir: Path, dest: Path) -> None:
+def _save_fresh(config, state_dict, tokenizer, dest: Path, dtype_name: str) -> None:
+    """Save ``state_dict`` as a fresh model of ``config`` in ``torch.<dtype_name>``, with the tokenizer."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(reference_dir)
-    loaded = AutoModelForCausalLM.from_pretrained(reference_dir, dtype=torch.float32)
-    _save_fresh(config, loaded.state_dict(), AutoTokenizer.from_pretrained(reference_dir), dest, torch.bfloat16)
-
-
-def _save_fresh(config, state_dict, tokenizer, dest: Path, dtype) -> None:
     from transformers import AutoModelForCausalLM
 
+    dtype = getattr(torch, dtype_name)
     if hasattr(config, "quantization_config"):
         # A GGUF-derived config may carry one (even null); the ONNX builder chokes on it.
         del config.quantization_config
@@ -92,6 +99,3 @@ def parameter_count(model_dir: Path) -> int:
             total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
     return total
 
-
-class UnsupportedArchitecture(Exception):
-    """transformers cannot read this architecture from GGUF: torch and ort variants are skipped."""

@@ -14,18 +14,38 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection, Sequence
 
 import psutil
 
 from harness import build_gguf, build_ort, build_torch
-from harness.errors import UserError
+from harness.environment import package_version, thread_count
+from harness.errors import UserError, one_line
 from harness.manifest import MANIFEST_NAME, Variant
 from harness.paths import cache_dir
 from harness.sources import Source
 
 TMP_PREFIX = ".tmp-"
 SOURCE_TYPE_NAME = "source-file-type"  # the source GGUF's file type, e.g. q4_1 (it names a variant)
+# Free space under which a failed build is put down to a full disk (native writers do not say ENOSPC).
+NEARLY_FULL_BYTES = 16 * 2**20
+
+# Full-precision variants (all hold the source's weights unchanged) in the order one becomes the
+# reference when none is named: the first whose runtime imports and that this run has. The reference
+# is scored once, first, and its logits are recorded for the others (harness.reference_record), so
+# the fastest of them goes first.
+REFERENCE_ORDER = ("llamacpp-f32", "ort-fp32", "torch-fp32")
+NO_REFERENCE = "none"  # the reference setting that compares against nothing
+
+# What a build raises when this runtime cannot take this model (a skip, not a bug in the harness):
+# - build_torch.UnsupportedArchitecture: transformers cannot read the GGUF's architecture;
+# - RuntimeError: the ONNX builder's child failed, llama.cpp's quantizer returned an error, weights
+#   do not fit the config, a gguf dequantizer has no kernel (NotImplementedError), torch ran out of memory;
+# - ValueError: transformers or gguf refuse the model's config or tensors;
+# - OSError: a model file the converter needs is missing or unreadable;
+# - ImportError: the runtime a variant needs (llama_cpp, transformers, torch) is not installed.
+# Anything else (TypeError, KeyError, AttributeError, ...) is a bug in the harness and propagates.
+EXPECTED_BUILD_FAILURES = (build_torch.UnsupportedArchitecture, RuntimeError, ValueError, OSError, ImportError)
 
 
 @dataclass(frozen=True)
@@ -38,25 +58,89 @@ class VariantSpec:
     made_from: str | None  # None: made from the source itself
 
 
+# Every source's variants, each after the one it is made from.
+_ANY_SOURCE = (
+    VariantSpec("torch-fp32", "torch", "fp32", None),
+    VariantSpec("torch-bf16", "torch", "bf16", "torch-fp32"),
+    VariantSpec("ort-fp32", "ort", "fp32", "torch-fp32"),
+    VariantSpec("ort-int4", "ort", "int4", "torch-fp32"),
+)
+# A GGUF source's llama.cpp family (plus, in ``catalogue``, the source file itself under its own type).
+_GGUF_SOURCE = (
+    VariantSpec("llamacpp-f32", "llamacpp", "f32", None),
+    *(VariantSpec(f"llamacpp-{q}", "llamacpp", q, "llamacpp-f32") for q in build_gguf.QUANT_TYPES),
+)
+_FIXED_SPECS = {s.name: s for s in (*_ANY_SOURCE, *_GGUF_SOURCE)}
+
+
 def catalogue(source: Source, source_type: str | None) -> list[VariantSpec]:
-    """Every variant of ``source``, each after the one it is made from."""
-    specs = [
-        VariantSpec("torch-fp32", "torch", "fp32", None),
-        VariantSpec("torch-bf16", "torch", "bf16", "torch-fp32"),
-        VariantSpec("ort-fp32", "ort", "fp32", "torch-fp32"),
-        VariantSpec("ort-int4", "ort", "int4", "torch-fp32"),
-    ]
+    """Every variant of ``source``, each after the one it is made from.
+
+    ``source_type`` is a GGUF source's own file type (``build_gguf.file_type_name``); it
+    adds the source file itself as a variant when no quantization makes that type.
+    """
+    specs = list(_ANY_SOURCE)
     if source.kind == "gguf":
-        specs.append(VariantSpec("llamacpp-f32", "llamacpp", "f32", None))
-        specs += [VariantSpec(f"llamacpp-{q}", "llamacpp", q, "llamacpp-f32") for q in build_gguf.QUANT_TYPES]
-        if source_type and f"llamacpp-{source_type}" not in {s.name for s in specs}:
+        specs += _GGUF_SOURCE
+        if source_type and f"llamacpp-{source_type}" not in _FIXED_SPECS:
             specs.append(VariantSpec(f"llamacpp-{source_type}", "llamacpp", source_type, None))
     return specs
 
 
+# ---- the reference every variant is compared against ----------------------------------
+
+
+def with_reference(names: list[str] | None, reference: str | None, source: Source | None = None) -> list[str] | None:
+    """The variants to prepare: the requested ones plus the reference (None: every variant).
+
+    Without a named ``reference`` the fallback is the first of ``REFERENCE_ORDER`` whose
+    runtime imports, among ``source``'s variants when ``source`` is given (a transformers
+    directory has no llama.cpp variants).
+    """
+    if names is None or reference == NO_REFERENCE:
+        return names
+    if not reference:
+        candidates = [s.name for s in catalogue(source, None)] if source is not None else REFERENCE_ORDER
+        reference = _fallback_reference(candidates)
+    return names if reference is None or reference in names else [*names, reference]
+
+
+def choose_reference(requested: str | None, variants: Sequence[Variant]) -> Variant | None:
+    """The variant the others are compared against: ``requested``, else the fallback among ``variants``.
+
+    None when ``requested`` is ``NO_REFERENCE`` or no full-precision variant can run here.
+    """
+    if requested == NO_REFERENCE:
+        return None
+    by_name = {v.name: v for v in variants}
+    if requested:
+        if requested not in by_name:
+            raise UserError(f"not a variant of this run; choose from {', '.join([*by_name, NO_REFERENCE])}",
+                            setting="reference", value=requested)
+        return by_name[requested]
+    name = _fallback_reference(by_name)
+    return by_name[name] if name else None
+
+
+def _fallback_reference(candidates: Collection[str]) -> str | None:
+    """The first of ``REFERENCE_ORDER`` among ``candidates`` whose runtime imports here."""
+    from harness.backends import runtime_unavailable_reason
+
+    for name in REFERENCE_ORDER:
+        if name in candidates and runtime_unavailable_reason(_FIXED_SPECS[name].runtime) is None:
+            return name
+    return None
+
+
+# ---- building ----------------------------------------------------------------------------
+
+
 @dataclass
 class PrepareResult:
+    """What ``prepare`` found and made in ``model_dir``."""
+
     model_dir: Path
+    specs: dict[str, VariantSpec] = field(default_factory=dict)  # the whole catalogue, in order
     variants: dict[str, Variant] = field(default_factory=dict)  # finished, in catalogue order
     built: list[str] = field(default_factory=list)  # built by this call
     skipped: dict[str, str] = field(default_factory=dict)  # name -> one-line reason
@@ -64,7 +148,7 @@ class PrepareResult:
 
 def prepare(
     source: Source,
-    names: list[str] | None = None,
+    names: Sequence[str] | None = None,
     cache: str | os.PathLike | None = None,
     threads: int | None = None,
     on_event: Callable[[str, str], None] | None = None,
@@ -72,59 +156,72 @@ def prepare(
     """Build the requested variants (default: all) and whatever they are made from.
 
     ``on_event(variant, state)`` is called with state "cached", "building",
-    "built" or "skipped: <reason>", for progress display.
+    "built" or "skipped: <reason>", for progress display. A variant whose runtime
+    cannot take this model (``EXPECTED_BUILD_FAILURES``) is skipped with its reason,
+    and so is every variant made from it; the others are built all the same.
     """
     on_event = on_event or (lambda name, state: None)
-    threads = threads or os.cpu_count() or 1
+    threads = thread_count(threads)
     model_dir = cache_dir(cache) / source.cache_key
-    # Parsing the source GGUF takes seconds, so its file type is kept beside its variants and it is read again
-    # only to build one; a new or damaged file has another hash, hence no cache yet, and is read (and checked) now.
-    reader = None
-    source_type = _cached_source_type(model_dir) if source.kind == "gguf" else None
-    if source.kind == "gguf" and source_type is None:
-        reader = build_gguf.read_gguf(source.path)
-        source_type = build_gguf.file_type_name(reader)
+    reader, source_type = _source_type(source, model_dir)
     specs = catalogue(source, source_type)
-    by_name = {s.name: s for s in specs}
-    wanted = _with_dependencies(names or list(by_name), by_name)
-
-    try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cache dir {model_dir}: cannot create it ({exc.strerror}); pass --cache-dir DIR") from None
-    _remove_stale_tmp(model_dir)
+    result = PrepareResult(model_dir, specs={s.name: s for s in specs})
+    wanted = _with_dependencies(list(names or result.specs), result.specs)
+    _make_model_dir(model_dir)
     if source_type is not None:
         _keep_source_type(model_dir, source_type)
-    result = PrepareResult(model_dir)
 
-    for spec in specs:
-        if spec.name not in wanted:
-            continue
+    for spec in (s for s in specs if s.name in wanted):
         final = model_dir / spec.name
         if (final / MANIFEST_NAME).is_file():
             result.variants[spec.name] = Variant.load(final)
             on_event(spec.name, "cached")
             continue
-        blocked = spec.made_from and spec.made_from in result.skipped
-        if blocked:
-            result.skipped[spec.name] = f"needs {spec.made_from}, which was skipped"
-            on_event(spec.name, f"skipped: {result.skipped[spec.name]}")
+        if spec.made_from in result.skipped:
+            _skip(result, spec.name, f"needs {spec.made_from}, which was skipped", on_event)
             continue
         on_event(spec.name, "building")
         if source.kind == "gguf" and reader is None:
             reader = build_gguf.read_gguf(source.path)
         try:
             variant = _build_atomically(spec, source, reader, model_dir, result.variants, threads)
-        except UserError:
-            raise
-        except Exception as exc:  # one runtime cannot take this model: skip it, build the rest
-            result.skipped[spec.name] = _one_line(exc)
-            on_event(spec.name, f"skipped: {result.skipped[spec.name]}")
+        except EXPECTED_BUILD_FAILURES as exc:  # this runtime cannot take this model: skip it, build the rest
+            _skip(result, spec.name, one_line(exc), on_event)
             continue
         result.variants[spec.name] = variant
         result.built.append(spec.name)
         on_event(spec.name, "built")
     return result
+
+
+def _skip(result: PrepareResult, name: str, reason: str, on_event: Callable[[str, str], None]) -> None:
+    result.skipped[name] = reason
+    on_event(name, f"skipped: {reason}")
+
+
+def _source_type(source: Source, model_dir: Path):
+    """A GGUF source's reader (None unless it had to be read) and file type (None for a transformers source).
+
+    Parsing the source GGUF takes seconds, so its file type is kept beside its variants and it is read
+    again only to build one; a new or damaged file has another hash, hence no cache yet, and is read
+    (and checked) now.
+    """
+    if source.kind != "gguf":
+        return None, None
+    source_type = _cached_source_type(model_dir)
+    if source_type is not None:
+        return None, source_type
+    reader = build_gguf.read_gguf(source.path)
+    return reader, build_gguf.file_type_name(reader)
+
+
+def _make_model_dir(model_dir: Path) -> None:
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {model_dir} ({exc.strerror}); give a writable folder",
+                        setting="cache_dir", value=model_dir.parent) from None
+    _remove_stale_tmp(model_dir)
 
 
 def _cached_source_type(model_dir: Path) -> str | None:
@@ -154,9 +251,8 @@ def load_prepared(source: Source, cache: str | os.PathLike | None = None) -> dic
 def _with_dependencies(names: list[str], by_name: dict[str, VariantSpec]) -> set[str]:
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise UserError(
-            f"--variants: unknown variant {', '.join(unknown)}; choose from {', '.join(by_name)}"
-        )
+        raise UserError(f"unknown variant; choose from {', '.join(by_name)}", setting="variants",
+                        value=",".join(unknown))
     wanted: set[str] = set()
     for name in names:
         while name and name not in wanted:
@@ -177,11 +273,10 @@ def _build_atomically(spec, source, reader, model_dir: Path, done: dict[str, Var
         _fsync_tree(tmp)
         os.rename(tmp, model_dir / spec.name)
         return variant
-    except Exception as exc:
+    except Exception as exc:  # re-raised, as a UserError when the disk is full
         if _disk_full(exc, model_dir):
-            raise UserError(
-                f"disk full while building {spec.name} in {model_dir}; free space or pass --cache-dir DIR"
-            ) from None
+            raise UserError(f"disk full while building {spec.name} in {model_dir}; free space or give another folder",
+                            setting="cache_dir", value=model_dir.parent) from None
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,9 +286,9 @@ def _build_files(spec, source, reader, tmp: Path, done: dict[str, Variant], thre
     """Write the variant's files into ``tmp``; return the files that hold its weights."""
     if spec.name == "torch-fp32":
         if source.kind == "gguf":
-            build_torch.reference_from_gguf(source.path, tmp)
+            build_torch.fp32_from_gguf(source.path, tmp)
         else:
-            build_torch.reference_from_hf(source.path, tmp)
+            build_torch.fp32_from_hf(source.path, tmp)
         return sorted(tmp.glob("*.safetensors"))
     if spec.runtime == "torch":
         build_torch.bf16_copy(Path(done["torch-fp32"].path), tmp)
@@ -216,14 +311,14 @@ def _manifest(spec, source, model_dir: Path, tmp: Path, weights: list[Path], don
     final = model_dir / spec.name
     path = final / "model.gguf" if spec.runtime == "llamacpp" else final
     size = sum(p.stat().st_size for p in weights)
-    reference = done.get("torch-fp32")
-    if reference:
-        n_params = reference.n_params
+    base = done.get("torch-fp32")  # the transformers copy of the source: its parameters and tokenizer
+    if base:
+        n_params = base.n_params
     elif spec.name == "torch-fp32":
         n_params = build_torch.parameter_count(tmp)
-    else:  # no transformers reference for this model: count the GGUF's own tensors
+    else:  # transformers cannot read this model: count the GGUF's own tensors
         n_params = sum(int(t.n_elements) for t in build_gguf.read_gguf(weights[0]).tensors)
-    tokenizer = Path(reference.path) if reference else final
+    tokenizer = Path(base.path) if base else final
     return Variant(
         name=spec.name,
         runtime=spec.runtime,
@@ -247,15 +342,8 @@ _TOOLS = {
 
 
 def _tool_versions(runtime: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("harness", *_TOOLS[runtime]):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return out
+    versions = {package: package_version(package) for package in ("harness", *_TOOLS[runtime])}
+    return {package: v for package, v in versions.items() if v is not None}
 
 
 def _disk_full(exc: BaseException, model_dir: Path) -> bool:
@@ -265,12 +353,7 @@ def _disk_full(exc: BaseException, model_dir: Path) -> bool:
         return True
     if os.strerror(errno.ENOSPC) in str(exc):  # e.g. safetensors: "I/O error: No space left on device"
         return True
-    return shutil.disk_usage(model_dir).free < 16 * 2**20
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return shutil.disk_usage(model_dir).free < NEARLY_FULL_BYTES
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
