@@ -1,21 +1,34 @@
-"""``python -m harness prepare``: build the variants, with a progress line per variant and a summary."""
+"""``python -m harness prepare``: build the variants, with progress per variant and a summary.
+
+Progress goes to stderr: a bar per variant on a terminal, else (CI, a log file)
+one plain line per variant as it is built or skipped. A variant found in the
+cache shows neither, so a run with nothing to build keeps stderr for its result
+(and an error stays the one line there).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from typing import Callable
 
 from tabulate import tabulate
 
-from harness.sources import resolve_source
-from harness.variants import prepare
+from harness.sources import Source, resolve_source
+from harness.variants import PrepareResult, prepare
 
 
-def run_prepare(args) -> int:
-    source = resolve_source(args.model)
-    result = prepare_with_progress(source, args.variants, args.cache_dir, args.threads)
-    if args.json:
+def run_prepare(config) -> int:
+    """Build what ``config`` asks for; the exit status is 1 when a variant was skipped.
+
+    ``config`` has the attributes ``model``, ``variants``, ``cache_dir``, ``threads`` and ``json``.
+    """
+    source = resolve_source(config.model)
+    names = list(config.variants) if config.variants else None
+    result = prepare_with_progress(source, names, config.cache_dir, config.threads)
+    if config.json:
         print(json.dumps({name: v.to_dict() for name, v in result.variants.items()}, indent=2))
     else:
         rows = [
@@ -30,8 +43,15 @@ def run_prepare(args) -> int:
     return 1 if result.skipped else 0
 
 
-def prepare_with_progress(source, names, cache, threads):
-    """``variants.prepare`` with one progress bar per variant on stderr."""
+def prepare_with_progress(source: Source, names: list[str] | None, cache, threads: int | None) -> PrepareResult:
+    """``variants.prepare`` with progress on stderr: bars on a terminal, else one line per variant built or skipped."""
+    _never_reach_a_model_hub()
+    _quiet_libraries()
+    on_event = _progress_bars() if sys.stderr.isatty() else _progress_lines()
+    return prepare(source, names, cache, threads, on_event)
+
+
+def _progress_bars() -> Callable[[str, str], None]:
     from tqdm import tqdm
 
     bars = {}
@@ -39,9 +59,8 @@ def prepare_with_progress(source, names, cache, threads):
     def on_event(name: str, state: str) -> None:
         if state == "building":
             bars[name] = tqdm(total=1, desc=f"{name:<16}", file=sys.stderr, leave=True,
-                              bar_format="{desc} {bar} {elapsed} {postfix}", disable=None)
+                              bar_format="{desc} {bar} {elapsed} {postfix}")
             bars[name].set_postfix_str("building")
-            bars[name].start_t = time.time()
             return
         bar = bars.pop(name, None)
         if bar is not None:
@@ -49,14 +68,40 @@ def prepare_with_progress(source, names, cache, threads):
             bar.update(1)
             bar.close()
 
-    _quiet_libraries()
-    return prepare(source, names, cache, threads, on_event)
+    return on_event
+
+
+def _progress_lines(clock: Callable[[], float] = time.perf_counter) -> Callable[[str, str], None]:
+    """One line per variant built or skipped: "built torch-fp32 in 12.3 s", "skipped ort-int4 after 3.1 s: <reason>"."""
+    started = {}
+
+    def on_event(name: str, state: str) -> None:
+        if state == "building":
+            started[name] = clock()
+            return
+        if state == "cached":
+            return
+        outcome, _, reason = state.partition(": ")
+        line = f"{outcome} {name}"
+        if name in started:
+            line += f" {'in' if outcome == 'built' else 'after'} {clock() - started.pop(name):.1f} s"
+        print(line + (f": {reason}" if reason else ""), file=sys.stderr, flush=True)
+
+    return on_event
+
+
+def _never_reach_a_model_hub() -> None:
+    """Builds convert local files only: nothing in this process (and its children) may reach a model hub.
+
+    The builders also ask transformers for local files only; this covers what
+    they do not see (remote code, a library fetching a missing file). It holds
+    for the rest of the process, since huggingface_hub reads it once, at import:
+    ``compare`` loads its corpus, which may fetch WikiText-2, before it prepares.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _quiet_libraries() -> None:
     """The libraries' own per-tensor progress bars would drown ours."""
-    import os
-
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness import build_torch, variants
+from harness.errors import UserError, one_line
 from harness.manifest import MANIFEST_NAME, Variant
-from harness.variants import load_prepared, prepare
+from harness.sources import resolve_source
+from harness.variants import NO_REFERENCE, REFERENCE_ORDER, choose_reference, load_prepared, prepare, with_reference
 
 ALL_VARIANTS = {
     "torch-fp32", "torch-bf16", "ort-fp32", "ort-int4",
@@ -165,21 +168,30 @@ def test_unknown_variant_is_one_line():
     assert_one_line_error(run_cli("prepare", "--variants", "llamacpp-q9_9"), "llamacpp-q9_9", "choose from")
 
 
-def test_architecture_transformers_cannot_read_skips_torch_and_builds_the_rest(tmp_path):
-    import gguf
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+TINY_ARCH = "harnesstestarch"  # an architecture transformers cannot read from GGUF
 
-    arch = "harnesstestarch"
-    assert arch not in GGUF_SUPPORTED_ARCHITECTURES
+
+@pytest.fixture
+def tiny_gguf(tmp_path) -> Path:
+    """A one-tensor F32 GGUF of an unknown architecture: llama.cpp variants build from it in a blink."""
+    import gguf
+
     path = tmp_path / "tiny.gguf"
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf.GGUFWriter(path, TINY_ARCH)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
 
+
+def test_architecture_transformers_cannot_read_skips_torch_and_builds_the_rest(tmp_path, tiny_gguf):
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    arch, path = TINY_ARCH, tiny_gguf
+    assert arch not in GGUF_SUPPORTED_ARCHITECTURES
     proc = run_cli("prepare", "--model", str(path), "--variants", "llamacpp-f32,torch-fp32",
                    "--cache-dir", str(tmp_path / "c"))
     assert proc.returncode == 1
@@ -202,3 +214,126 @@ def test_full_disk_is_one_line_and_leaves_no_variant(tmp_path):
         assert not list(mount.rglob(".tmp-*"))
     finally:
         subprocess.run(["umount", str(mount)])
+
+
+# ---- which build failures are skips, and which are bugs ----------------------------
+
+
+def raising(exc: BaseException):
+    """A stand-in builder that fails with ``exc``."""
+
+    def builder(*args):
+        raise exc
+
+    return builder
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        build_torch.UnsupportedArchitecture("transformers cannot read it"),
+        RuntimeError("onnxruntime-genai builder failed (1): killed"),
+        NotImplementedError("no dequantize kernel for this type"),
+        ValueError("unrecognized configuration"),
+        OSError("tokenizer.json: no such file"),
+        ModuleNotFoundError("No module named 'llama_cpp'"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+def test_an_expected_build_failure_skips_the_variant_and_those_made_from_it(tmp_path, tiny_gguf, monkeypatch, failure):
+    monkeypatch.setattr(build_torch, "fp32_from_gguf", raising(failure))
+    result = prepare(resolve_source(str(tiny_gguf)), ["torch-bf16", "llamacpp-f32"], tmp_path / "c")
+    assert result.skipped == {"torch-fp32": one_line(failure), "torch-bf16": "needs torch-fp32, which was skipped"}
+    assert result.built == ["llamacpp-f32"]
+    assert not list((tmp_path / "c").rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("bug", [TypeError("f() takes 2 arguments"), KeyError("torch-fp32"),
+                                 AttributeError("'NoneType' object has no attribute 'path'"), NameError("reader")],
+                         ids=lambda exc: type(exc).__name__)
+def test_a_bug_in_the_harness_raises_instead_of_passing_for_a_skipped_variant(tmp_path, tiny_gguf, monkeypatch, bug):
+    monkeypatch.setattr(build_torch, "fp32_from_gguf", raising(bug))
+    with pytest.raises(type(bug)):
+        prepare(resolve_source(str(tiny_gguf)), ["torch-fp32"], tmp_path / "c")
+    assert not list((tmp_path / "c").rglob(".tmp-*")) and not list((tmp_path / "c").rglob(MANIFEST_NAME))
+
+
+def test_prepare_result_holds_the_whole_catalogue_in_order(tmp_path, tiny_gguf, monkeypatch):
+    monkeypatch.setattr(build_torch, "fp32_from_gguf", raising(RuntimeError("no")))
+    source = resolve_source(str(tiny_gguf))
+    result = prepare(source, ["llamacpp-f32"], tmp_path / "c")
+    assert list(result.specs) == [s.name for s in variants.catalogue(source, "f32")]
+    assert (result.specs["ort-int4"].runtime, result.specs["ort-int4"].precision) == ("ort", "int4")
+    assert "ort-int4" not in result.variants  # not asked for: in the catalogue only
+
+
+def test_progress_off_a_terminal_is_one_line_per_variant_built_or_skipped(tmp_path, tiny_gguf, monkeypatch, capsys):
+    from harness.prepare_command import prepare_with_progress
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(name, "1" if name != "TRANSFORMERS_VERBOSITY" else "error")  # restored afterwards
+    monkeypatch.setattr(build_torch, "fp32_from_gguf", raising(RuntimeError("no")))
+    source = resolve_source(str(tiny_gguf))
+    prepare_with_progress(source, ["llamacpp-f32"], tmp_path / "c", 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ")[:2] for line in lines] == [["skipped", "torch-fp32"], ["built", "llamacpp-f32"]], lines
+    assert lines[0].endswith(" s: RuntimeError: no") and " after " in lines[0]
+    assert lines[1].startswith("built llamacpp-f32 in ") and lines[1].endswith(" s")
+    prepare_with_progress(source, ["llamacpp-f32"], tmp_path / "c", 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ")[:2] for line in lines] == [["skipped", "torch-fp32"]], lines  # the cached one is silent
+
+
+# ---- the reference ------------------------------------------------------------------
+
+
+def _variant(name: str) -> Variant:
+    runtime, precision = name.split("-", 1)
+    return Variant(name=name, runtime=runtime, precision=precision, path="/nowhere", tokenizer_path="/nowhere",
+                   source_sha256="0" * 64, size_bytes=1, n_params=1, bits_per_weight=8.0, tools={})
+
+
+@pytest.fixture
+def runtimes_that_import(monkeypatch):
+    """Pretend only some runtimes import here: ``runtimes_that_import({"torch"})``."""
+    import harness.backends
+
+    def pretend(available: set[str]) -> None:
+        monkeypatch.setattr(harness.backends, "runtime_unavailable_reason",
+                            lambda runtime: None if runtime in available else f"{runtime}: not installed")
+
+    return pretend
+
+
+def test_the_fallback_reference_is_the_first_full_precision_variant_whose_runtime_imports(runtimes_that_import):
+    runs = [_variant(n) for n in ("torch-fp32", "ort-fp32", "llamacpp-f32", "llamacpp-q8_0")]
+    runtimes_that_import({"torch", "ort", "llamacpp"})
+    assert choose_reference(None, runs).name == REFERENCE_ORDER[0] == "llamacpp-f32"
+    runtimes_that_import({"torch", "ort"})
+    assert choose_reference(None, runs).name == "ort-fp32"
+    assert choose_reference(None, [_variant("llamacpp-q8_0")]) is None
+    assert with_reference(["llamacpp-q8_0"], None) == ["llamacpp-q8_0", "ort-fp32"]
+
+
+def test_a_named_reference_is_used_or_refused_by_name(runtimes_that_import):
+    runtimes_that_import(set())  # a named reference does not depend on what imports
+    runs = [_variant(n) for n in ("torch-fp32", "llamacpp-q8_0")]
+    assert choose_reference("llamacpp-q8_0", runs).name == "llamacpp-q8_0"
+    assert choose_reference(NO_REFERENCE, runs) is None
+    with pytest.raises(UserError, match="not a variant of this run; choose from torch-fp32, llamacpp-q8_0, none") \
+            as exc:
+        choose_reference("ort-fp32", runs)
+    assert (exc.value.setting, exc.value.value) == ("reference", "ort-fp32")
+    assert with_reference(["torch-bf16"], "torch-fp32") == ["torch-bf16", "torch-fp32"]
+    assert with_reference(["torch-fp32"], "torch-fp32") == ["torch-fp32"]
+    assert with_reference(["torch-bf16"], NO_REFERENCE) == ["torch-bf16"]
+    assert with_reference(None, "ort-fp32") is None  # every variant is prepared anyway
+
+
+def test_the_fallback_for_a_transformers_source_leaves_out_llamacpp(tmp_path, runtimes_that_import):
+    runtimes_that_import({"torch", "ort", "llamacpp"})
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    hf_source = resolve_source(str(tmp_path))
+    assert with_reference(["torch-bf16"], None, hf_source) == ["torch-bf16", "ort-fp32"]
+    assert with_reference(["torch-bf16"], None) == ["torch-bf16", "llamacpp-f32"]
