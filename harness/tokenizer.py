@@ -45,6 +45,7 @@ class TokenizedText:
     def __len__(self) -> int:
         return len(self.token_ids)
 
+
 @dataclass(frozen=True)
 class ModelTokenizer:
     """The one tokenizer of a model, as the harness uses it."""
