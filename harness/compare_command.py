@@ -41,7 +41,7 @@ def run_compare(config: CompareConfig) -> int:
     started = time.perf_counter()
     config = _resolved(config)
     inputs = _resolve_inputs(config)
-    names = with_reference(list(config.variants) if config.variants else None, config.reference)
+    names = with_reference(list(config.variants) if config.variants else None, config.reference, inputs.source)
     prepared = prepare_with_progress(inputs.source, names, config.cache_dir, config.threads)
     variants = [v for v in prepared.variants.values() if names is None or v.name in names]
     reference = choose_reference(config.reference, variants)
