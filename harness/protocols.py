@@ -36,8 +36,6 @@ import numpy as np
 from harness.errors import UserError
 
 PROTOCOLS = ("chunked", "strided")
-DEFAULT_PROTOCOL = "chunked"
-DEFAULT_CTX = 512
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,8 +58,8 @@ class Window:
 
 def build_windows(
     token_ids: Sequence[int] | np.ndarray,
-    protocol: str = DEFAULT_PROTOCOL,
-    ctx: int = DEFAULT_CTX,
+    protocol: str,
+    ctx: int,
     stride: int | None = None,
     bos_id: int | None = None,
     max_tokens: int | None = None,

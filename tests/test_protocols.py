@@ -165,11 +165,11 @@ def test_max_tokens_cuts_the_text_and_max_chunks_the_windows():
 
 def test_text_shorter_than_one_window_is_a_user_error_about_the_window_length():
     with pytest.raises(UserError, match=r"wiki\.raw has 9 tokens, fewer than one window") as exc:
-        build_windows(text_ids(9), ctx=10, text_name="wiki.raw")
+        build_windows(text_ids(9), "chunked", ctx=10, text_name="wiki.raw")
     assert (exc.value.setting, exc.value.value) == ("ctx", 10)
-    assert len(build_windows(text_ids(9), ctx=10, bos_id=BOS)) == 1  # BOS makes it one window
+    assert len(build_windows(text_ids(9), "chunked", ctx=10, bos_id=BOS)) == 1  # BOS makes it one window
     with pytest.raises(UserError, match="within the token budget of 5") as exc:
-        build_windows(text_ids(100), ctx=10, max_tokens=5)
+        build_windows(text_ids(100), "chunked", ctx=10, max_tokens=5)
     assert exc.value.setting == "ctx"
 
 
@@ -186,11 +186,11 @@ def test_text_shorter_than_one_window_is_a_user_error_about_the_window_length():
 )
 def test_bad_protocol_settings_are_user_errors_naming_the_setting(kwargs, setting, value):
     with pytest.raises(UserError) as exc:
-        build_windows(text_ids(100), **{"ctx": 10, **kwargs})
+        build_windows(text_ids(100), **{"protocol": "chunked", "ctx": 10, **kwargs})
     assert (exc.value.setting, exc.value.value) == (setting, value)
     assert "--" not in exc.value.problem  # the CLI adds the flag; the library speaks of settings
 
 
 def test_a_programming_error_is_a_value_error_not_a_user_error():
     with pytest.raises(ValueError, match="1-D"):
-        build_windows(np.zeros((2, 10), dtype=np.int64), ctx=4)
+        build_windows(np.zeros((2, 10), dtype=np.int64), "chunked", ctx=4)
