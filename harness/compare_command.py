@@ -13,10 +13,15 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config import CompareConfig
 from harness.errors import UserError
 from harness.results import CorpusInfo, ModelInfo, RunRecord, RunSettings, VariantRow
+
+if TYPE_CHECKING:  # both import only light modules, but the command keeps its imports lazy
+    from harness.corpus import Corpus
+    from harness.sources import Source
 
 RESULTS_ROOT = Path("harness-results")
 RESULTS_NAME = "results.jsonl"
@@ -28,21 +33,20 @@ LOGS_NAME = "logs"  # one file per variant: its child's output, the runtimes' na
 class _Inputs:
     """What the command line resolves to before anything is built."""
 
-    source: object  # harness.sources.Source
-    corpus: object  # harness.corpus.Corpus
+    source: Source
+    corpus: Corpus
     store_path: Path
 
 
 def run_compare(config: CompareConfig) -> int:
     """Run the comparison ``config`` describes; the exit status is 0 when every variant is ok, else 1."""
-    from harness.prepare_command import prepare_with_progress
     from harness.variants import choose_reference, with_reference
 
     started = time.perf_counter()
     config = _resolved(config)
     inputs = _resolve_inputs(config)
     names = with_reference(list(config.variants) if config.variants else None, config.reference, inputs.source)
-    prepared = prepare_with_progress(inputs.source, names, config.cache_dir, config.threads)
+    prepared = _prepare(config, inputs, names)
     variants = [v for v in prepared.variants.values() if names is None or v.name in names]
     reference = choose_reference(config.reference, variants)
     tokenizer, text, windows = _tokenize(config, inputs, prepared)
@@ -90,6 +94,19 @@ def _resolve_inputs(config: CompareConfig) -> _Inputs:
     source = resolve_source(config.model)
     corpus = load_corpus(text=config.text, dataset=config.dataset, text_field=config.text_field)
     return _Inputs(source, corpus, store.check(config.store))
+
+
+def _prepare(config: CompareConfig, inputs: _Inputs, names: list[str] | None):
+    """The variants to measure, built if missing; an unknown --reference is named as such, not as a variant."""
+    from harness.prepare_command import prepare_with_progress
+
+    try:
+        return prepare_with_progress(inputs.source, names, config.cache_dir, config.threads)
+    except UserError as exc:
+        unknown = str(exc.value).split(",") if exc.setting == "variants" else []
+        if config.reference and config.reference in unknown and config.reference not in (config.variants or ()):
+            raise UserError(exc.problem + " or none", setting="reference", value=config.reference) from None
+        raise
 
 
 def _tokenize(config: CompareConfig, inputs: _Inputs, prepared):

@@ -88,3 +88,9 @@ def test_a_store_that_is_not_a_database_is_one_line_before_any_work(tmp_path, co
     assert "pass another file" in line
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing measured, nothing written
     assert (tmp_path / "notes.txt").read_text() == "my notes, not a database\n"
+
+
+def test_an_unknown_reference_is_named_as_the_reference_not_as_a_variant(tmp_path):
+    line = assert_one_line(run_cli("compare", "--variants", "llamacpp-q8_0", "--reference", "llamacpp-q9",
+                                   cwd=tmp_path), "--reference llamacpp-q9", "choose from")
+    assert "--variants" not in line
