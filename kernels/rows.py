@@ -112,7 +112,11 @@ def row_logsumexp(flat, start, width):
 
 @njit(cache=True)
 def row_divergence(ref_flat, test_flat, start, width, target):
-    """(KL(ref || test), top-1 agreement, p_test(target) - p_ref(target)) for one row pair."""
+    """(KL(ref || test), top-1 agreement, p_test(target) - p_ref(target), ref NLL, test NLL) for one row pair.
+
+    Both NLLs come from the same float64 row sums as the KL, so identical rows
+    give identical NLLs (a paired difference of exactly 0).
+    """
     ref_top = -np.inf
     ref_total = 0.0
     ref_weighted = 0.0  # sum of exp(ref - ref_top) * (ref - test)
@@ -153,5 +157,7 @@ def row_divergence(ref_flat, test_flat, start, width, target):
     test_lse = test_top + math.log(test_total)
     # KL = E_ref[ref - test] - ref_lse + test_lse; the sums above hold E_ref[ref - test].
     kld = ref_weighted / ref_total - ref_lse + test_lse
-    delta_p = math.exp(test_flat[start + target] - test_lse) - math.exp(ref_flat[start + target] - ref_lse)
-    return kld, ref_argmax == test_argmax, delta_p
+    ref_nll = ref_lse - ref_flat[start + target]
+    test_nll = test_lse - test_flat[start + target]
+    delta_p = math.exp(-test_nll) - math.exp(-ref_nll)
+    return kld, ref_argmax == test_argmax, delta_p, ref_nll, test_nll

@@ -50,6 +50,11 @@ class RunningStats:
         return self._mean if self.count else math.nan
 
     @property
+    def m2(self) -> float:
+        """Sum of squared deviations from the mean (0.0 before any values): the numerator of the variance."""
+        return self._m2
+
+    @property
     def std(self) -> float:
         """Sample standard deviation (ddof=1); NaN with fewer than two values."""
         return math.sqrt(self._m2 / (self.count - 1)) if self.count > 1 else math.nan
@@ -61,7 +66,7 @@ class RunningStats:
 
 
 class Quantiles:
-    """Exact quantiles and max of values added block by block.
+    """Exact quantiles, min and max of values added block by block.
 
     Keeps one float64 per value (8 MB per million tokens), not the blocks
     they came from, so quantiles are exact rather than sketched.
@@ -85,13 +90,30 @@ class Quantiles:
 
     def quantile(self, q: float) -> float:
         """The q-quantile (0 <= q <= 1, linear interpolation as np.quantile); NaN if empty."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile q={q} must be in [0, 1]; pass 0.9 for p90")
+        return float(self.quantiles([q])[0])
+
+    def quantiles(self, qs) -> np.ndarray:
+        """Several quantiles at once (one partial sort), float64 (len(qs),); NaN where empty.
+
+        Linear interpolation between the two nearest ranks at q * (count - 1),
+        as np.quantile and llama-perplexity's ``percentile`` do (its median, the
+        mean of the two middle values, is the same number).
+        """
+        qs = np.asarray(qs, dtype=np.float64).reshape(-1)
+        bad = qs[~((qs >= 0.0) & (qs <= 1.0))]
+        if bad.size:
+            raise ValueError(f"quantile q={bad[0]} must be in [0, 1]; pass 0.9 for p90")
         values = self._values()
-        return float(np.quantile(values, q)) if values.size else math.nan
+        return np.quantile(values, qs) if values.size else np.full(qs.shape, math.nan)
 
     @property
     def max(self) -> float:
         """Largest value; NaN if empty."""
         values = self._values()
         return float(values.max()) if values.size else math.nan
+
+    @property
+    def min(self) -> float:
+        """Smallest value; NaN if empty."""
+        values = self._values()
+        return float(values.min()) if values.size else math.nan

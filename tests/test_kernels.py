@@ -81,6 +81,18 @@ def test_divergence_matches_float64(scale, noise):
     np.testing.assert_array_equal(got.top1_agree, agree)
     np.testing.assert_allclose(got.delta_p, delta_p, rtol=0, atol=1e-7)
     assert got.top1_agree.dtype == np.bool_
+    assert_nlls_match_float64(got, ref, test, targets)
+
+
+def assert_nlls_match_float64(got, ref, test, targets):
+    """Both runs' NLL from the divergence pass: within 1e-5 per row, their difference within 2e-7 summed."""
+    want_ref, want_test = naive.token_nll(ref, targets), naive.token_nll(test, targets)
+    assert got.ref_nll.dtype == got.test_nll.dtype == np.float64
+    np.testing.assert_allclose(got.ref_nll, want_ref, rtol=0, atol=NLL_ATOL)
+    np.testing.assert_allclose(got.test_nll, want_test, rtol=0, atol=NLL_ATOL)
+    # float64 row sums: the paired difference keeps far more digits than the 1e-5 budget per row.
+    want_d, got_d = want_test - want_ref, got.test_nll - got.ref_nll
+    assert abs(got_d.sum() - want_d.sum()) <= 2e-7 * max(1.0, np.abs(want_d).sum())
 
 
 def test_divergence_of_unrelated_distributions_with_kld_over_50_nats_within_1e6():
@@ -96,10 +108,14 @@ def test_divergence_of_unrelated_distributions_with_kld_over_50_nats_within_1e6(
 def test_divergence_of_identical_logits_is_zero_and_agrees():
     rng = np.random.default_rng(4)
     ref = _logits(rng, 8, 7000, 30.0)
-    got = divergence(ref, ref.copy(), rng.integers(0, 7000, 8))
+    targets = rng.integers(0, 7000, 8)
+    got = divergence(ref, ref.copy(), targets)
     assert np.all(got.kld == 0.0)
     assert got.top1_agree.all()
     assert np.all(got.delta_p == 0.0)
+    # The paired NLL difference of identical rows is exactly 0, not rounding noise.
+    assert np.array_equal(got.ref_nll, got.test_nll)
+    np.testing.assert_allclose(got.ref_nll, naive.token_nll(ref, targets), rtol=0, atol=NLL_ATOL)
 
 
 def test_256k_vocabulary_row():
@@ -137,6 +153,8 @@ def test_test_masking_a_reference_token_gives_infinite_kld():
     test = np.array([[0.0, -np.inf, 2.0]], dtype=np.float32)
     got = divergence(ref, test, [2])
     assert got.kld[0] == np.inf
+    masked_target = divergence(ref, test, [1])
+    assert masked_target.test_nll[0] == np.inf and np.isfinite(masked_target.ref_nll[0])
     # The reverse direction is finite: the reference has mass wherever the test has.
     kld, _, _ = naive.divergence(test, ref, np.array([2]))
     np.testing.assert_allclose(divergence(test, ref, [2]).kld, kld, atol=KLD_ATOL)
@@ -231,6 +249,7 @@ def test_property_kernels_match_float64_reference(block):
     np.testing.assert_allclose(got.kld, kld, rtol=0, atol=KLD_ATOL)
     np.testing.assert_array_equal(got.top1_agree, agree)
     np.testing.assert_allclose(got.delta_p, delta_p, rtol=0, atol=1e-7)
+    assert_nlls_match_float64(got, ref, test, targets)
 
 
 @settings(max_examples=30, deadline=None)
@@ -361,3 +380,37 @@ def test_quantiles_are_exact_over_blocks():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         quantiles.quantile(90)
     assert np.isnan(Quantiles().quantile(0.5))
+
+
+def test_quantiles_at_once_and_min_match_numpy_and_llama_percentiles():
+    rng = np.random.default_rng(10)
+    blocks = [rng.normal(0.0, 0.1, size) for size in (3, 500, 9)]
+    values = np.sort(np.concatenate(blocks))
+    quantiles = Quantiles()
+    for block in blocks:
+        quantiles.add(block)
+    qs = [0.999, 0.99, 0.95, 0.9, 0.75, 0.5, 0.25, 0.1, 0.05, 0.01, 0.001]
+    got = quantiles.quantiles(qs)
+    # llama-perplexity's percentile: linear between ranks floor(q (N - 1)) and the next.
+    position = np.array(qs) * (values.size - 1)
+    low = np.floor(position).astype(int)
+    want = values[low] + (position - low) * (values[np.minimum(low + 1, values.size - 1)] - values[low])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    # even N: the median is the mean of the two middle values, as llama-perplexity takes it
+    middle = values.size // 2
+    assert values.size % 2 == 0 and got[5] == pytest.approx(0.5 * (values[middle - 1] + values[middle]), rel=1e-12)
+    assert quantiles.min == values[0] and quantiles.max == values[-1]
+    assert np.isnan(Quantiles().min) and np.isnan(Quantiles().quantiles([0.5, 0.9])).all()
+    with pytest.raises(ValueError, match=r"q=1.5 must be in \[0, 1\]"):
+        quantiles.quantiles([0.5, 1.5])
+
+
+def test_running_stats_m2_is_the_sum_of_squared_deviations_without_cancellation():
+    rng = np.random.default_rng(11)
+    blocks = [1e8 + rng.normal(0.0, 1.0, size) for size in (4, 900, 1)]
+    values = np.concatenate(blocks)
+    stats = RunningStats()
+    assert stats.m2 == 0.0
+    for block in blocks:
+        stats.add(block)
+    assert stats.m2 == pytest.approx(np.square(values - values.mean()).sum(), rel=1e-9)
