@@ -23,17 +23,22 @@ Definitions (N scored tokens with negative log-likelihoods ``nll_i``, in nats):
   them. Tokens that are never scored (the first half of each chunk) count
   nothing, so a word split across a scored and an unscored span counts once if
   its first character is scored, else not at all.
-- Against a reference: ``kld = KL(p_ref || p_test)`` per token, its mean with
-  the same stderr formula as ``ppl`` (llama.cpp's ``mean_and_uncertainty``), its
-  exact p50/p90/p99/max; ``top1_agreement`` = percent of tokens whose argmax
-  matches; ``delta_p = p_test(target) - p_ref(target)`` (a probability, not a
-  percentage), its mean and root mean square.
+- Against a reference (see ``harness.divergence_stats`` for every field and
+  how it relates to llama-perplexity's ``--kl-divergence`` printout): both
+  runs' per-token NLL on the same targets, paired (``delta_nll_mean``, its
+  stderr, ``delta_ppl_pct`` with a 95 % interval, their correlation, the same
+  in bits per byte); ``kld = KL(p_ref || p_test)`` per token, its mean with
+  the same stderr formula as ``ppl`` and its exact quantiles; ``top1_agreement``
+  = percent of tokens whose argmax matches; ``delta_p = p_test(target) -
+  p_ref(target)`` (a probability, not a percentage), its mean, quantiles and
+  root mean square. With a reference the variant's own NLL comes from the
+  divergence kernel's pass (the same row sums as the reference's), so the
+  variant's logits are read once.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -41,7 +46,8 @@ import numpy as np
 
 from harness.backends.base import DEFAULT_BLOCK_ROWS, Backend, LogitBlock
 from harness.config import CompareConfig
-from harness.kernels import Quantiles, RunningStats, divergence, token_nll
+from harness.divergence_stats import ReferenceComparison, mean_and_stderr, safe_exp
+from harness.kernels import RunningStats, divergence, token_nll
 from harness.protocols import Window
 from harness.reference_record import LogitRecorder, RecordedReference
 from harness.results import Accuracy
@@ -55,8 +61,6 @@ DEFAULT_PROMPTS = (
     "To make a cup of tea, first",
 )
 DEFAULT_MAX_NEW_TOKENS = CompareConfig.agreement_tokens
-# Past this, exp() overflows a float64: the perplexity is reported as inf.
-MAX_EXP_ARG = math.log(sys.float_info.max)
 
 
 def score_variant(
@@ -88,7 +92,7 @@ def score_variant(
         raise ValueError("record the reference's own pass: pass record with reference=None")
     start_s = clock()
     nll = RunningStats()
-    div = _DivergenceStats() if reference is not None else None
+    against = ReferenceComparison() if reference is not None else None
     n_bytes = n_words = 0
     for index, window in enumerate(windows):
         blocks = backend.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
@@ -98,8 +102,9 @@ def score_variant(
         else:
             for ref_logits, test_logits, targets in aligned_rows(_reference_blocks(reference, index, window, block_rows),
                                                                  blocks):
-                nll.add(token_nll(test_logits, targets))
-                div.add(divergence(ref_logits, test_logits, targets))
+                rows = divergence(ref_logits, test_logits, targets)
+                nll.add(rows.test_nll)
+                against.add(rows)
         if text is not None:
             n_bytes += int(text.token_bytes[window.target_positions].sum())
             n_words += int(text.token_words[window.target_positions].sum())
@@ -112,10 +117,10 @@ def score_variant(
     total_nll = nll.sum
     return Accuracy(
         **nll_summary(nll),
-        word_ppl=_exp(total_nll / n_words) if n_words else None,
-        byte_ppl=_exp(total_nll / n_bytes) if n_bytes else None,
+        word_ppl=safe_exp(total_nll / n_words) if n_words else None,
+        byte_ppl=safe_exp(total_nll / n_bytes) if n_bytes else None,
         bits_per_byte=total_nll / math.log(2) / n_bytes if n_bytes else None,
-        **(div.summary() if div is not None else {}),
+        **(against.summary(n_bytes if text is not None else None) if against is not None else {}),
         generation_divergence=generation_divergence,
         wall_s=clock() - start_s,
     )
@@ -141,62 +146,13 @@ def nll_summary(nll: RunningStats) -> dict:
     if nll.count == 0:
         return {"ppl": None, "ppl_stderr": None, "nll_mean": None, "tokens_scored": 0}
     mean, stderr = mean_and_stderr(nll)
-    ppl = _exp(mean)
+    ppl = safe_exp(mean)
     return {
         "ppl": ppl,
         "ppl_stderr": ppl * stderr if stderr is not None else None,
         "nll_mean": mean,
         "tokens_scored": int(nll.count),
     }
-
-
-def _exp(x: float) -> float:
-    """exp that reports a hopeless variant's perplexity as inf rather than raising."""
-    return math.exp(x) if x < MAX_EXP_ARG else math.inf
-
-
-def mean_and_stderr(stats: RunningStats) -> tuple[float, float | None]:
-    """Mean and its standard error; the stderr is None below two values.
-
-    llama.cpp's ``sqrt((mean(x^2) - mean(x)^2) / (N - 1))`` equals the sample
-    standard deviation over ``sqrt(N)``, which ``RunningStats.sem`` computes
-    without the cancellation of the first form.
-    """
-    return stats.mean, (stats.sem if stats.count > 1 else None)
-
-
-class _DivergenceStats:
-    """Streaming totals of the per-token divergences of a variant from its reference."""
-
-    def __init__(self) -> None:
-        self.kld = RunningStats()
-        self.kld_quantiles = Quantiles()
-        self.delta_p = RunningStats()
-        self.top1_agree = 0
-
-    def add(self, d) -> None:
-        self.kld.add(d.kld)
-        self.kld_quantiles.add(d.kld)
-        self.delta_p.add(d.delta_p)
-        self.top1_agree += int(np.count_nonzero(d.top1_agree))
-
-    def summary(self) -> dict:
-        """The divergence fields of ``Accuracy``; none when nothing was scored."""
-        n = self.kld.count
-        if n == 0:
-            return {}
-        kld_mean, kld_stderr = mean_and_stderr(self.kld)
-        return {
-            "kld_mean": kld_mean,
-            "kld_stderr": kld_stderr,
-            "kld_p50": float(self.kld_quantiles.quantile(0.5)),
-            "kld_p90": float(self.kld_quantiles.quantile(0.9)),
-            "kld_p99": float(self.kld_quantiles.quantile(0.99)),
-            "kld_max": float(self.kld_quantiles.max),
-            "top1_agreement": 100.0 * self.top1_agree / n,
-            "delta_p_mean": self.delta_p.mean,
-            "delta_p_rms": math.sqrt(self.delta_p.sumsq / n),
-        }
 
 
 def aligned_rows(

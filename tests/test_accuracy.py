@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +15,18 @@ from harness.accuracy import (
     score_variant,
 )
 from harness.backends.base import LogitBlock
+from harness.divergence_stats import PAIRED_SUM_KEYS
 from harness.results import Accuracy
 from harness.tokenizer import TokenizedText, token_text_counts
 from harness.protocols import Window, build_windows
+import naive
 from fakes import FakeBackend, fake_variant
 
 LN2 = math.log(2)
-DIVERGENCE_KEYS = ("kld_mean", "kld_stderr", "kld_p50", "kld_p90", "kld_p99", "kld_max", "top1_agreement",
-                   "delta_p_mean", "delta_p_rms")
+Z = 1.96
+_NAMES = Accuracy.field_names()
+# Every figure measured against the reference: from the paired NLL to the RMS of Δp.
+DIVERGENCE_KEYS = _NAMES[_NAMES.index("delta_nll_mean"):_NAMES.index("delta_p_rms_stderr") + 1]
 P_REF = np.array([1 / 2, 1 / 4, 1 / 8, 1 / 8])
 P_TEST = np.array([1 / 4, 1 / 2, 1 / 8, 1 / 8])
 
@@ -83,13 +88,58 @@ def test_hand_case_divergence_from_the_reference(hand_case):
     assert acc.delta_p_rms == pytest.approx(math.sqrt(1 / 24), rel=1e-6)
 
 
+def test_hand_case_paired_difference_from_the_reference(hand_case):
+    tokenized, window, ref, test = hand_case
+    acc = score_variant(test, [window], ref, text=tokenized)
+    # targets 0, 1, 2: variant NLL (2, 1, 3) ln2, reference (1, 2, 3) ln2 -> d = (1, -1, 0) ln2
+    assert acc.delta_nll_mean == pytest.approx(0.0, abs=1e-12) and acc.delta_ppl_pct == pytest.approx(0.0, abs=1e-9)
+    # sample sd of d = ln2, so stderr = ln2 / sqrt(3)
+    stderr = LN2 / math.sqrt(3)
+    assert acc.delta_nll_stderr == pytest.approx(stderr, rel=1e-6)
+    low, high = acc.delta_ppl_pct_ci
+    assert low == pytest.approx(100 * (math.exp(-Z * stderr) - 1), rel=1e-6)
+    assert high == pytest.approx(100 * (math.exp(Z * stderr) - 1), rel=1e-6)  # asymmetric: +119 %, -54 %
+    # deviations (0, -1, 1) and (-1, 0, 1): cov 1, variances 2 and 2 -> r = 1/2
+    assert acc.nll_correlation == pytest.approx(0.5, rel=1e-9)
+    # sum d = 0 over 9 bytes; half-width 1.96 * N * stderr / ln2 / bytes = 1.96 sqrt(3) / 9
+    assert acc.delta_bits_per_byte == pytest.approx(0.0, abs=1e-12)
+    assert acc.delta_bits_per_byte_ci == pytest.approx([-Z * math.sqrt(3) / 9, Z * math.sqrt(3) / 9], rel=1e-6)
+    sums = acc.paired_sums
+    assert list(sums) == list(PAIRED_SUM_KEYS) and sums["n"] == 3 and sums["bytes"] == 9
+    assert [sums[k] / LN2 for k in ("sum_d", "sum_nll_ref", "sum_nll_test")] == pytest.approx([0, 6, 6], abs=1e-6)
+    squares = [sums[k] / LN2**2 for k in ("sum_d2", "sum_nll_ref2", "sum_nll_test2", "sum_nll_ref_nll_test")]
+    assert squares == pytest.approx([2, 14, 14, 13], rel=1e-6)
+
+
+def test_hand_case_variant_worse_on_two_tokens_of_three(hand_case):
+    tokenized, _, ref, test = hand_case
+    # "The" " The" " The" " cat": targets 0, 0, 1 -> variant NLL (2, 2, 1) ln2, reference (1, 1, 2) ln2
+    window = Window(np.array([3, 0, 0, 1], dtype=np.int64), 0, np.array([1, 2, 3]))
+    acc = score_variant(test, [window], ref)
+    # d = (1, 1, -1) ln2: mean ln2/3, sample variance 4/3 ln2^2 -> stderr 2 ln2 / 3
+    mean, stderr = LN2 / 3, 2 * LN2 / 3
+    assert acc.delta_nll_mean == pytest.approx(mean, rel=1e-6)
+    assert acc.delta_ppl_pct == pytest.approx(100 * (2 ** (1 / 3) - 1), rel=1e-6)  # +25.99 %
+    assert acc.delta_nll_stderr == pytest.approx(stderr, rel=1e-6)
+    assert acc.delta_ppl_pct_ci == pytest.approx([100 * (math.exp(mean + s * Z * stderr) - 1) for s in (-1, 1)],
+                                                 rel=1e-6)
+    assert acc.nll_correlation == pytest.approx(-1.0, abs=1e-9)  # one goes up exactly where the other goes down
+    # the same paired d as PPL / PPL_ref - 1
+    assert acc.delta_ppl_pct == pytest.approx(100 * (acc.ppl / math.exp((1 + 1 + 2) * LN2 / 3) - 1), rel=1e-6)
+    # without the text no bytes: bits per byte stay None
+    assert acc.delta_bits_per_byte is None and acc.delta_bits_per_byte_ci is None and "bytes" not in acc.paired_sums
+
+
 def test_reference_against_itself_has_zero_divergence(hand_case):
     tokenized, window, ref, _ = hand_case
     twin = loaded(FakeBackend(fake_variant("twin"), vocab_size=4, logits_fn=constant(P_REF)))
     acc = score_variant(twin, [window], ref, text=tokenized)
     assert acc.kld_mean == pytest.approx(0.0, abs=1e-7) and acc.kld_max == pytest.approx(0.0, abs=1e-7)
-    assert acc.top1_agreement == 100.0
-    assert acc.delta_p_rms == pytest.approx(0.0, abs=1e-7)
+    assert acc.top1_agreement == 100.0 and acc.top1_agreement_stderr == 0.0
+    assert acc.delta_p_rms == pytest.approx(0.0, abs=1e-7) and acc.delta_p_rms_stderr == 0.0
+    # identical logits: every paired difference is exactly 0, the runs perfectly correlated
+    assert acc.delta_nll_mean == 0.0 and acc.delta_nll_stderr == 0.0 and acc.delta_ppl_pct_ci == [0.0, 0.0]
+    assert acc.nll_correlation == pytest.approx(1.0, abs=1e-12)
     # targets 0, 1, 2 under P_REF: NLL ln2, 2 ln2, 3 ln2 -> PPL 4 as well
     assert acc.ppl == pytest.approx(4.0, rel=1e-6)
 
@@ -119,7 +169,111 @@ def test_kld_quantiles_and_top1_with_varying_rows():
     assert acc.kld_p50 == pytest.approx(0.0, abs=1e-7)  # sorted 0 0 0 0 a a: median 0
     assert acc.kld_p90 == pytest.approx(a, rel=1e-5)  # linear position 4.5 lies between a and a
     assert acc.kld_max == pytest.approx(a, rel=1e-5)
+    assert acc.kld_p999 == pytest.approx(a, rel=1e-5) and acc.kld_p95 == pytest.approx(a, rel=1e-5)
+    # position 0.75 * 5 = 3.75 lies between the last 0 and the first a
+    assert acc.kld_min == pytest.approx(0.0, abs=1e-7) and acc.kld_p10 == pytest.approx(0.0, abs=1e-7)
     assert acc.top1_agreement == pytest.approx(100 * 4 / 6)
+    assert acc.top1_agreement_stderr == pytest.approx(100 * math.sqrt(4 / 6 * 2 / 6 / 5), rel=1e-12)
+    # targets 3 0 0 2 0 1; after tokens 3 and 2 the variant gives target 0 p 1/4 for the reference's 1/2
+    delta_p = np.array([0, -1 / 4, 0, 0, -1 / 4, 0])
+    assert acc.delta_p_mean == pytest.approx(-1 / 12, rel=1e-6)
+    assert acc.delta_p_stderr == pytest.approx(delta_p.std(ddof=1) / math.sqrt(6), rel=1e-6)
+    assert acc.delta_p_max == pytest.approx(0.0, abs=1e-7) and acc.delta_p_min == pytest.approx(-1 / 4, rel=1e-6)
+    # sorted -1/4 -1/4 0 0 0 0: the 25 % point sits at position 1.25, between -1/4 and 0
+    assert acc.delta_p_p25 == pytest.approx(-3 / 16, rel=1e-6) and acc.delta_p_p10 == pytest.approx(-1 / 4, rel=1e-6)
+    assert acc.delta_p_p50 == pytest.approx(0.0, abs=1e-7) and acc.delta_p_p75 == pytest.approx(0.0, abs=1e-7)
+    # llama.cpp's RMS uncertainty: 0.5 / rms * stderr of Δp^2 (Δp^2 = 1/16 on two tokens of six)
+    rms = math.sqrt(1 / 48)
+    squared_stderr = np.square(delta_p).std(ddof=1) / math.sqrt(6)
+    assert acc.delta_p_rms == pytest.approx(rms, rel=1e-6)
+    assert acc.delta_p_rms_stderr == pytest.approx(0.5 / rms * squared_stderr, rel=1e-6)
+
+
+def per_token_float64(ref: FakeBackend, test: FakeBackend, windows):
+    """The per-token (ref NLL, test NLL, KLD, Δp, same top-1) arrays in float64, straight from the fakes' logits."""
+    ref_rows, test_rows, targets = [], [], []
+    for w in windows:
+        for t in range(w.score_start, len(w.token_ids) - 1):
+            ref_rows.append(ref.next_logits(w.token_ids[: t + 1]))
+            test_rows.append(test.next_logits(w.token_ids[: t + 1]))
+            targets.append(w.token_ids[t + 1])
+    ref_logits = np.array(ref_rows, dtype=np.float32)
+    test_logits = np.array(test_rows, dtype=np.float32)
+    targets = np.array(targets)
+    kld, same_top, delta_p = naive.divergence(ref_logits, test_logits, targets)
+    return naive.token_nll(ref_logits, targets), naive.token_nll(test_logits, targets), kld, delta_p, same_top
+
+
+def test_paired_and_divergence_statistics_match_llama_perplexity_formulas():
+    ids = (np.arange(200, dtype=np.int64) * 7) % 32
+    windows = build_windows(ids, "chunked", ctx=40, bos_id=31)
+    ref = loaded(FakeBackend(seed=4))
+    test = loaded(FakeBackend(seed=4, noise=0.7))
+    acc = score_variant(test, windows, ref, block_rows=7)
+    ref_nll, test_nll, kld, delta_p, same_top = per_token_float64(ref, test, windows)
+    want = naive.llama_kld_statistics(ref_nll, test_nll, kld, delta_p, same_top)
+    assert acc.tokens_scored == len(kld) > 50
+    assert acc.delta_nll_mean == pytest.approx(want["ln_ratio"], abs=1e-7)
+    assert acc.delta_nll_stderr == pytest.approx(want["ln_ratio_unc"], rel=1e-5)
+    assert acc.nll_correlation == pytest.approx(want["cor"], rel=1e-6)
+    assert 0 < acc.nll_correlation < 0.999 and acc.delta_nll_stderr > 0.01  # a case where pairing matters
+    assert acc.delta_ppl_pct == pytest.approx(100 * (math.exp(want["ln_ratio"]) - 1), abs=1e-5)
+    assert (acc.kld_mean, acc.kld_stderr) == pytest.approx((want["kld_mean"], want["kld_unc"]), rel=1e-5)
+    assert (acc.delta_p_mean, acc.delta_p_stderr) == pytest.approx((want["delta_p_mean"], want["delta_p_unc"]),
+                                                                   abs=1e-7)
+    assert (acc.delta_p_rms, acc.delta_p_rms_stderr) == pytest.approx((want["rms"], want["rms_unc"]), rel=1e-5)
+    assert (acc.top1_agreement, acc.top1_agreement_stderr) == pytest.approx((want["same_top"],
+                                                                             want["same_top_unc"]), rel=1e-12)
+    for key, fraction in (("kld_p999", 0.999), ("kld_p95", 0.95), ("kld_p10", 0.1), ("kld_p001", 0.001)):
+        assert getattr(acc, key) == pytest.approx(naive.percentile(kld, fraction), abs=1e-6), key
+    for key, fraction in (("delta_p_p99", 0.99), ("delta_p_p75", 0.75), ("delta_p_p05", 0.05)):
+        assert getattr(acc, key) == pytest.approx(naive.percentile(delta_p, fraction), abs=1e-7), key
+    assert acc.kld_min == pytest.approx(kld.min(), abs=1e-6)
+    assert acc.delta_p_max == pytest.approx(delta_p.max(), abs=1e-7)
+
+
+def test_paired_sums_recompute_every_paired_figure():
+    ids = (np.arange(120, dtype=np.int64) * 5) % 32
+    windows = build_windows(ids, "chunked", ctx=30)
+    acc = score_variant(loaded(FakeBackend(seed=6, noise=0.3)), windows, loaded(FakeBackend(seed=6)))
+    s = acc.paired_sums
+    n = s["n"]
+    mean = s["sum_d"] / n
+    stderr = math.sqrt((s["sum_d2"] / n - mean * mean) / (n - 1))
+    assert n == acc.tokens_scored and acc.delta_nll_mean == pytest.approx(mean, rel=1e-12)
+    assert acc.delta_nll_stderr == pytest.approx(stderr, rel=1e-9)
+    assert s["sum_nll_test"] / n == pytest.approx(acc.nll_mean, rel=1e-12)
+    cov = s["sum_nll_ref_nll_test"] / n - s["sum_nll_ref"] / n * s["sum_nll_test"] / n
+    var_ref = s["sum_nll_ref2"] / n - (s["sum_nll_ref"] / n) ** 2
+    var_test = s["sum_nll_test2"] / n - (s["sum_nll_test"] / n) ** 2
+    assert acc.nll_correlation == pytest.approx(cov / math.sqrt(var_ref * var_test), rel=1e-9)
+    # d = test - ref, so sum d^2 = sum test^2 + sum ref^2 - 2 sum ref * test
+    assert s["sum_d2"] == pytest.approx(s["sum_nll_test2"] + s["sum_nll_ref2"] - 2 * s["sum_nll_ref_nll_test"],
+                                        rel=1e-9)
+
+
+def test_real_model_paired_delta_ppl_equals_the_ratio_of_the_two_perplexities(prepared, real_text):
+    from tokenizers import Tokenizer
+
+    from harness.backends import open_backend
+
+    tokenizer = Tokenizer.from_file(str(Path(prepared["torch-fp32"].tokenizer_path, "tokenizer.json")))
+    ids = tokenizer.encode(real_text[:20_000], add_special_tokens=False).ids
+    windows = build_windows(ids, "chunked", 256, None, None, max_tokens=768)
+    with open_backend(prepared["llamacpp-f32"], threads=2) as ref, \
+            open_backend(prepared["llamacpp-q4_k_m"], threads=2) as test:
+        own = score_variant(ref, windows, None)
+        acc = score_variant(test, windows, ref)
+    # Both scored the same tokens: the paired mean is exactly ln(PPL / PPL_ref), up to float rounding
+    # (the reference's own row sums its NLL in token_nll, the paired pass in the divergence kernel).
+    assert acc.tokens_scored == own.tokens_scored == sum(w.n_scored for w in windows) > 300
+    assert acc.delta_ppl_pct == pytest.approx((acc.ppl / own.ppl - 1) * 100, abs=1e-4)
+    assert acc.paired_sums["sum_nll_ref"] / acc.tokens_scored == pytest.approx(own.nll_mean, abs=1e-6)
+    low, high = acc.delta_ppl_pct_ci
+    assert low < acc.delta_ppl_pct < high and acc.delta_ppl_pct > 0  # q4_k_m is worse than F32
+    # Pairing is the point: the per-token NLLs correlate, so the paired error bar is far tighter than either PPL's.
+    assert acc.nll_correlation > 0.9
+    assert acc.delta_nll_stderr < 0.25 * own.ppl_stderr / own.ppl
 
 
 def test_recipe_bug_per_window_averaging_is_absent():
