@@ -7,9 +7,7 @@ no truncated report behind.
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 import math
@@ -19,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from harness import report
+from harness import report_html as report_html_module
+from harness.report_html import FRONTIER_COLOUR, OTHER_COLOUR, RUNTIME_COLOURS
 from harness.results import RunRecord, VariantRow
-RUNTIME_COLOURS = {"torch": "#1f77b4", "ort": "#2ca02c", "llamacpp": "#d62728"}
-OTHER_COLOUR = "#9467bd"
-FRONTIER_COLOUR = "#ff7f0e"
 
 FILE_NAMES = ("report.json", "results.csv", "report.md", "tradeoff.png", "report.html")
 
@@ -98,52 +95,133 @@ def report_markdown(run: RunRecord) -> str:
     )
 
 
-def tradeoff_png(run: RunRecord) -> bytes:
-    """PPL against decode tok/s, marker area by peak RSS, colour by runtime, the speed frontier drawn."""
+LABEL_RADII_PT = (6, 13, 21, 30, 40, 52, 66, 82, 100, 120, 145)
+# Upper right first, then around the clock: the first free place wins, so the result is deterministic.
+LABEL_DIRECTIONS = ((1, 1), (1, 0), (1, -1), (0, 1), (0, -1), (-1, 1), (-1, 0), (-1, -1))
+
+
+def _errors(rows: list[VariantRow], key: str, ref_ppl: float | None):
+    """Matplotlib's ``[[below...], [above...]]`` from each row's interval (0 without one), or None if none has one."""
+    below, above = [], []
+    for row in rows:
+        value = report_html_module.metric_value(row, key, ref_ppl)
+        interval = report_html_module.metric_interval(row, key, ref_ppl)
+        below.append(max(value - interval[0], 0.0) if interval else 0.0)
+        above.append(max(interval[1] - value, 0.0) if interval else 0.0)
+    return [below, above] if any(below) or any(above) else None
+
+
+def _candidate(ann, radius: float, dx: int, dy: int, renderer):
+    """Move ``ann``'s text ``radius`` points from its point towards (dx, dy) and return its box on screen."""
+    norm = math.hypot(dx, dy)
+    ann.set_position((radius * dx / norm, radius * dy / norm))
+    ann.set_horizontalalignment({1: "left", 0: "center", -1: "right"}[dx])
+    ann.set_verticalalignment({1: "bottom", 0: "center", -1: "top"}[dy])
+    return ann.get_window_extent(renderer).padded(1.0)
+
+
+def place_labels(ax, xy: list[tuple[float, float]], texts: list[str], marker_radius_px: list[float]) -> list:
+    """Label each point where its text overlaps no other label and stays inside the axes (greedy, deterministic).
+
+    Candidates lie on rings of growing radius around the point, tried in a fixed
+    order; a place is free when its box overlaps no label placed before and lies
+    inside the axes. The first free place that covers no marker wins; when every
+    free place covers one, the first covering the fewest. A label moved past the
+    first ring gets a thin leader line to its point. Returns the label
+    annotations, in the order of ``texts``.
+    """
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    centres = ax.transData.transform(xy) if xy else []
+    markers = [Bbox.from_extents(cx - r, cy - r, cx + r, cy + r) for (cx, cy), r in zip(centres, marker_radius_px)]
+    placed, labels = [], []
+    for (x, y), text in zip(xy, texts):
+        ann = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=8, zorder=5)
+        best = None  # (markers covered, radius, dx, dy)
+        for radius in LABEL_RADII_PT:
+            for dx, dy in LABEL_DIRECTIONS:
+                box = _candidate(ann, radius, dx, dy, renderer)
+                if not frame.contains(box.x0, box.y0) or not frame.contains(box.x1, box.y1):
+                    continue
+                if any(box.overlaps(other) for other in placed):
+                    continue
+                covered = sum(box.overlaps(m) for m in markers)
+                if best is None or covered < best[0]:
+                    best = (covered, radius, dx, dy)
+            if best is not None and best[0] == 0:
+                break
+        _, radius, dx, dy = best or (0, LABEL_RADII_PT[-1], 1, 1)  # nowhere free: the farthest place
+        placed.append(_candidate(ann, radius, dx, dy, renderer))
+        labels.append(ann)
+        if radius > LABEL_RADII_PT[0]:
+            ax.annotate("", (x, y), xytext=ann.get_position(), textcoords="offset points", zorder=4,
+                        arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 4})
+    return labels
+
+
+def tradeoff_figure(run: RunRecord):
+    """PPL against decode tok/s: marker area by peak RSS, colour by runtime, error bars from the intervals,
+    the speed frontier drawn, labels placed apart. The caller closes the figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display here; must precede pyplot
     import matplotlib.pyplot as plt
 
     rows = [r for r in run.results if r.ok and r.metric("ppl") is not None and r.metric("decode_tok_s") is not None]
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=100)
+    ref_ppl = report.reference_ppl(run)
+    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=100)
+    rss = [r.metric("peak_rss_mb") for r in rows]
+    rss_max = max((m for m in rss if m is not None), default=None)
+    # Area proportional to memory, 40..600 pt^2; unknown memory gets the smallest marker.
+    areas = [40 + 560 * (mem / rss_max) if mem and rss_max else 40 for mem in rss]
+    xy = [(r.metric("decode_tok_s"), r.metric("ppl")) for r in rows]
+    colours = [RUNTIME_COLOURS.get(r.runtime, OTHER_COLOUR) for r in rows]
+    xerr, yerr = _errors(rows, "decode_tok_s", ref_ppl), _errors(rows, "ppl", ref_ppl)
+    for i, ((x, y), colour) in enumerate(zip(xy, colours)):  # one call per point: ecolor takes one colour
+        ax.errorbar([x], [y], xerr=None if xerr is None else [[xerr[0][i]], [xerr[1][i]]],
+                    yerr=None if yerr is None else [[yerr[0][i]], [yerr[1][i]]],
+                    fmt="none", ecolor=colour, elinewidth=1, capsize=2, alpha=0.6, zorder=1)
+    ax.scatter([p[0] for p in xy], [p[1] for p in xy], s=areas, c=colours, alpha=0.7, edgecolors="black",
+               linewidths=0.5, zorder=2)
+    front = report.pareto_front(rows, "decode_tok_s", "ppl")
+    if len(front) > 1:
+        ax.plot([r.metric("decode_tok_s") for r in front], [r.metric("ppl") for r in front],
+                color=FRONTIER_COLOUR, linewidth=2, zorder=0, label="Pareto frontier (speed)")
+    if ref_ppl is not None:
+        max_pct, _ = report.resolve_settings(run)
+        ax.axhline(ref_ppl * (1 + max_pct / 100), color="grey", linestyle="--", linewidth=1,
+                   label=f"reference PPL +{max_pct:g}%")
+    for runtime, colour in RUNTIME_COLOURS.items():
+        if any(r.runtime == runtime for r in rows):
+            ax.scatter([], [], color=colour, label=runtime)
+    ppls = [p[1] for p in xy]
+    if ppls and max(ppls) / min(ppls) > 3:
+        ax.set_yscale("log")  # a Q2_K outlier would flatten every other variant
+    if not rows:
+        ax.text(0.5, 0.5, "no variant has both a PPL and a decode speed", ha="center", transform=ax.transAxes)
+    ax.margins(0.12)
+    ax.set_xlabel("decode tok/s (higher is better)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title(f"{run.model.name + ': ' if run.model.name else ''}accuracy against speed (marker area: peak RSS)\n"
+                 "error bars: 95% intervals (a speed without one: min–max over the repetitions)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: never over a label
+    fig.tight_layout()
+    fig.canvas.draw()  # the final layout, so the labels are placed where they will be drawn
+    radii = [math.sqrt(a) / 2 * fig.dpi / 72 for a in areas]
+    place_labels(ax, xy, [r.precision or r.variant for r in rows], radii)
+    return fig
+
+
+def tradeoff_png(run: RunRecord) -> bytes:
+    """tradeoff.png: ``tradeoff_figure`` as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = tradeoff_figure(run)
     try:
-        rss = [r.metric("peak_rss_mb") for r in rows]
-        rss_max = max((m for m in rss if m is not None), default=None)
-        for row, mem in zip(rows, rss):
-            x, y = row.metric("decode_tok_s"), row.metric("ppl")
-            # Area proportional to memory, 40..600 pt^2; unknown memory gets the smallest marker.
-            area = 40 + 560 * (mem / rss_max) if mem and rss_max else 40
-            colour = RUNTIME_COLOURS.get(row.runtime, OTHER_COLOUR)
-            ax.scatter([x], [y], s=area, color=colour, alpha=0.7, edgecolors="black", linewidths=0.5)
-            ax.annotate(row.precision or row.variant, (x, y), xytext=(7, 5), textcoords="offset points", fontsize=8)
-        front = report.pareto_front(rows, "decode_tok_s", "ppl")
-        if len(front) > 1:
-            ax.plot(
-                [r.metric("decode_tok_s") for r in front],
-                [r.metric("ppl") for r in front],
-                color=FRONTIER_COLOUR, linewidth=2, zorder=0, label="Pareto frontier (speed)",
-            )
-        ref_ppl = report.reference_ppl(run)
-        if ref_ppl is not None:
-            max_pct, _ = report.resolve_settings(run)
-            ax.axhline(ref_ppl * (1 + max_pct / 100), color="grey", linestyle="--", linewidth=1,
-                       label=f"reference PPL +{max_pct:g}%")
-        for runtime, colour in RUNTIME_COLOURS.items():
-            if any(r.runtime == runtime for r in rows):
-                ax.scatter([], [], color=colour, label=runtime)
-        ppls = [r.metric("ppl") for r in rows]
-        if ppls and max(ppls) / min(ppls) > 3:
-            ax.set_yscale("log")  # a Q2_K outlier would flatten every other variant
-        if not rows:
-            ax.text(0.5, 0.5, "no variant has both a PPL and a decode speed", ha="center", transform=ax.transAxes)
-        ax.set_xlabel("decode tok/s (higher is better)")
-        ax.set_ylabel("perplexity (lower is better)")
-        ax.set_title(f"{run.model.name or ''}: accuracy against speed (marker area: peak RSS)")
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         return buffer.getvalue()
@@ -151,32 +229,9 @@ def tradeoff_png(run: RunRecord) -> bytes:
         plt.close(fig)
 
 
-HTML_STYLE = """
-body { font-family: sans-serif; margin: 24px; color: #222; background: #fff; }
-table { border-collapse: collapse; font-size: 13px; }
-th { background: #dde6f3; }
-th, td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
-th:nth-child(-n+2), td:nth-child(-n+2), th:nth-child(n+13), td:nth-child(n+13) { text-align: left; }
-img { max-width: 900px; display: block; margin: 12px 0; }
-.meta { color: #555; font-size: 13px; }
-"""
-
-
 def report_html(run: RunRecord, png: bytes) -> str:
-    """A self-contained page: header, recommendations, the plot inlined as base64, the table."""
-    title = f"harness compare: {run.model.name or ''}"
-    meta = "".join(f"<div>{html.escape(line)}</div>" for line in report.header_lines(run))
-    recs = "".join(f"<li>{html.escape(line)}</li>" for line in report.recommendations(run))
-    image = base64.b64encode(png).decode("ascii")
-    return (
-        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-        f"<style>{HTML_STYLE}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1><div class=\"meta\">{meta}</div>\n"
-        f"<h2>Recommendations</h2><ul>{recs}</ul>\n"
-        f"<img alt=\"PPL against decode speed\" src=\"data:image/png;base64,{image}\">\n"
-        f"{report.render_table(run, 'html')}\n<p class=\"meta\">{html.escape(report.LEGEND)}</p>\n"
-        "</body></html>\n"
-    )
+    """The interactive page (``harness.report_html``)."""
+    return report_html_module.report_html(run, png)
 
 
 def write_report(run: RunRecord, out_dir: str | os.PathLike) -> dict[str, Path]:

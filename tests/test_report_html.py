@@ -1,34 +1,52 @@
-"""report.html in a real browser: headless Chromium shows the plot and the table, not a blank page."""
+"""report.html in a real browser: headless Chromium, driven through the Chrome DevTools Protocol.
+
+The tests click the table's headers and rows and the plot's points with the
+browser's own mouse events (``Input.dispatchMouseEvent`` at the element's place
+on screen), switch an axis with the keyboard, read the plot's state from
+plotly's div, and check screenshots for the plot and the table.
+"""
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import math
 import shutil
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from harness import report_files
-from harness.results import RunRecord
+from harness import report, report_files, report_html
+from harness.results import RunRecord, VariantRow
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 WIDTH, HEIGHT = 1400, 1800
-TABLE_HEADER_COLOUR = "#dde6f3"  # th background in report_files.HTML_STYLE
+TABLE_HEADER_COLOUR = report_html.TABLE_HEADER_COLOUR  # th background in report_page.css
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 
 
 def row(variant, ppl, decode, rss, size_mb):
     runtime, precision = variant.split("-", 1)
+    kld = (ppl - 10) / 50
     return {
         "variant": variant, "runtime": runtime, "precision": precision, "status": "ok", "error": None,
-        "accuracy": {"ppl": ppl, "ppl_stderr": ppl / 80, "kld_mean": (ppl - 10) / 50, "top1_agreement": 99.0},
+        "backend": {"runtime_version": "1.0", "threads": 2, "settings": {"n_ctx": 4096, "flash_attn": True}},
+        "accuracy": {"ppl": ppl, "ppl_stderr": ppl / 80, "kld_mean": kld, "kld_stderr": kld / 20,
+                     "kld_p99": kld * 9, "kld_max": kld * 30, "top1_agreement": 99.0 - kld * 100,
+                     "delta_ppl_pct": ppl * 10 - 100, "delta_ppl_pct_ci": [ppl * 10 - 100.4, ppl * 10 - 99.6]},
         "efficiency": {
             "size_bytes": size_mb * 1e6, "bits_per_weight": 8.5, "prefill_tok_s": decode * 8,
-            "decode_tok_s": decode, "decode_tok_s_spread": [decode * 0.9, decode * 1.1],
-            "ttft_ms": 900 / decode, "peak_rss_mb": rss, "noisy": [],
+            "prefill_tok_s_ci": [decode * 7.8, decode * 8.2], "decode_tok_s": decode,
+            "decode_tok_s_spread": [decode * 0.9, decode * 1.1], "ttft_ms": 900 / decode,
+            "itl_p50_ms": 1000 / decode, "itl_p90_ms": 1100 / decode, "itl_p99_ms": 1300 / decode,
+            "peak_rss_mb": rss, "noisy": [], "repetitions": 5,
         },
     }
 
@@ -40,30 +58,185 @@ def run_with_thirteen_variants():
     quants = ["q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0", "q3_k_m", "q2_k"]
     for i, quant in enumerate(quants):
         rows.append(row(f"llamacpp-{quant}", 10.0 * math.exp(0.004 * i * i), 50 + 7 * i, 300 - 20 * i, 145 - 9 * i))
+    rows[4]["accuracy"].update(kld_mean=None, kld_stderr=None, kld_p99=None, kld_max=None, top1_agreement=None)
     rows[6] = {"variant": "llamacpp-q6_k", "runtime": "llamacpp", "precision": "q6_k", "status": "failed",
                "error": "RuntimeError: out of memory"}
     return RunRecord.from_dict({
         "schema_version": 1, "run_id": "html-test", "created_utc": "2026-11-26T20:00:00Z",
         "model": {"name": "smollm2-135m", "source": "x.gguf", "source_sha256": "0" * 64},
         "corpus": {"name": "sample", "protocol": "sliding", "ctx": 512, "tokens_scored": 2048},
-        "environment": {"cpu": "test"}, "reference": "llamacpp-f32",
+        "environment": {"cpu": "test", "versions": {"torch": "2.13"}}, "reference": "llamacpp-f32",
         "settings": {"threads": 2, "max_ppl_increase_pct": 5.0, "memory_budget_mb": 500}, "results": rows,
     })
 
 
-def screenshot(page: Path, tmp_path: Path) -> np.ndarray:
-    import matplotlib.image
+# ---- what the page is made of, without a browser ---------------------------------------------------
+def test_every_frontier_the_report_marks_is_the_page_frontier_for_that_pair():
+    run = run_with_thirteen_variants()
+    frontiers = report_html.plot_data(run)["frontiers"]
+    assert len(frontiers) == 5 * 4  # every efficiency axis against every accuracy axis
+    for x, y, _ in report.FRONTIERS:
+        assert frontiers[f"{x}|{y}"] == [r.variant for r in report.pareto_front(run.results, x, y)]
+    # Lower TTFT is better: from the quickest first token (q2_k) to the quickest of the lowest PPL (q8_0, as
+    # accurate as the reference and quicker, so the reference is off it).
+    assert frontiers["ttft_ms|ppl"][0] == "llamacpp-q2_k" and frontiers["ttft_ms|ppl"][-1] == "llamacpp-q8_0"
+    assert "llamacpp-f32" not in frontiers["ttft_ms|ppl"]
+    # Higher top-1 is better: the reference has none, so it is on no top-1 frontier.
+    assert frontiers["decode_tok_s|top1_agreement"][-1] == "llamacpp-q2_k" and \
+        all("llamacpp-f32" not in names for key, names in frontiers.items() if key.endswith("top1_agreement"))
 
-    shot = tmp_path / "shot.png"
-    command = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", f"--window-size={WIDTH},{HEIGHT}",
-        page.resolve().as_uri(),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=90)
-    assert shot.exists(), f"chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
-    return matplotlib.image.imread(shot)[..., :3]
+
+def test_intervals_prefer_a_95_percent_interval_to_the_repetitions_spread():
+    timed = SimpleNamespace(decode_tok_s=50.0, decode_tok_s_ci=[48.0, 52.0], decode_tok_s_spread=[40.0, 60.0],
+                            ttft_ms=20.0, ttft_ms_spread=[19.0, 23.0], peak_rss_mb=300.0, size_bytes=2.5e8)
+    scored = SimpleNamespace(ppl=10.0, ppl_stderr=0.5, delta_ppl_pct=1.0, delta_ppl_pct_ci=[0.5, 1.5])
+    row = VariantRow("llamacpp-q8_0", "llamacpp", "q8_0", accuracy=scored, efficiency=timed)
+    assert report_html.metric_interval(row, "decode_tok_s", 9.9) == (48.0, 52.0, report_html.CI_95)
+    assert report_html.metric_interval(row, "ttft_ms", 9.9) == (19.0, 23.0, report_html.SPREAD)
+    assert report_html.metric_interval(row, "ppl", 9.9) == (10.0 - 0.98, 10.0 + 0.98, report_html.CI_95)
+    assert report_html.metric_interval(row, "delta_ppl_pct", 9.9) == (0.5, 1.5, report_html.CI_95)
+    assert report_html.metric_interval(row, "peak_rss_mb", 9.9) is None
+    assert report_html.metric_value(row, "size_mb", 9.9) == 250.0
+
+
+def test_table_cells_carry_numeric_sort_keys():
+    assert [report_html.sort_key(c) for c in ("12.74 ± 1.5", "+1.10 ± 0.21", "357~", "3.85e-03", "—", "ok")] == \
+        [12.74, 1.10, 357.0, 0.00385, None, None]
+    table = report_html.table_html(run_with_thirteen_variants())
+    assert table.count("<tr>") == 14 and '<th class="num" data-type="num" tabindex="0">decode tok/s</th>' in table
+    assert '<th class="text" data-type="text" tabindex="0">status</th>' in table
+
+
+def test_details_show_the_fields_when_report_has_no_divergence_lines(monkeypatch):
+    run = run_with_thirteen_variants()
+    q4 = run.row("llamacpp-q4_k_m")
+    monkeypatch.delattr(report, "divergence_lines", raising=False)
+    panel = report_html.detail_html(q4, run.row("llamacpp-f32"))
+    assert "<dt>kld_p99</dt>" in panel and f"<dd>{report.fmt_sig(q4.metric('kld_p99'), 4)}</dd>" in panel
+    assert "<dt>itl_p90_ms</dt>" in panel and "<dt>n_ctx</dt><dd>4096</dd>" in panel
+
+
+def test_no_text_in_the_run_can_close_the_pages_script():
+    data = run_with_thirteen_variants().to_dict()
+    data["results"][0]["variant"] = "torch-</script><script>alert(1)</script>"
+    page = report_files.report_html(RunRecord.from_dict(data), b"")
+    assert page.count("<script") == 3 and "alert(1)</script>" not in page
+
+
+class Chromium:
+    """Headless Chromium with one page, driven over the DevTools Protocol (a websocket)."""
+
+    def __init__(self, profile: Path, width: int = WIDTH, height: int = HEIGHT):
+        self.profile, self.size, self.events, self.next_id = profile, (width, height), [], 0
+
+    def __enter__(self) -> "Chromium":
+        import websocket  # websocket-client, a test extra
+
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", "--remote-debugging-port=0",
+             f"--user-data-dir={self.profile}", f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            port = self._wait_for_port()
+            targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30))
+            page = next(t for t in targets if t["type"] == "page")
+            self.socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+            for domain in ("Page", "Runtime", "Network"):
+                self.call(f"{domain}.enable")
+            self.call("Emulation.setDeviceMetricsOverride", width=self.size[0], height=self.size[1],
+                      deviceScaleFactor=1, mobile=False)
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.socket.close()
+        finally:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def _wait_for_port(self, timeout_s: float = 60) -> int:
+        active = self.profile / "DevToolsActivePort"  # Chromium writes the port it chose here
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if active.exists() and active.read_text().strip():
+                return int(active.read_text().split()[0])
+            if self.process.poll() is not None:
+                raise RuntimeError(f"chromium exited {self.process.returncode}: {self.process.stderr.read()[-2000:]}")
+            time.sleep(0.05)
+        raise TimeoutError("chromium wrote no DevToolsActivePort")
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == self.next_id:
+                assert "error" not in message, f"{method}: {message['error']}"
+                return message["result"]
+            self.events.append(message)
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in result, f"{expression}: {result['exceptionDetails']}"
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout_s: float = 30) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.evaluate(f"Boolean({expression})"):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def open(self, page: Path) -> bool:
+        """Load ``page``; True once its script reports the plot drawn (False for a page that never does)."""
+        self.call("Page.navigate", url=page.resolve().as_uri())
+        self.wait_for("document.readyState === 'complete'")
+        return self.wait_for("document.body && document.body.dataset.ready === '1'", timeout_s=20)
+
+    def click(self, selector_expression: str) -> None:
+        """A real left click at the centre of the element ``selector_expression`` evaluates to."""
+        box = self.evaluate(f"(() => {{ const el = {selector_expression}; el.scrollIntoView({{block: 'center'}}); "
+                            "const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        x, y = box
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left" if kind != "mouseMoved" else "none",
+                      clickCount=1)
+
+    def press(self, key: str, code: int) -> None:
+        for kind in ("rawKeyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code)
+
+    def screenshot(self) -> np.ndarray:
+        import matplotlib.image
+
+        data = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        return matplotlib.image.imread(io.BytesIO(data), format="png")[..., :3]
+
+    def exceptions(self) -> list[str]:
+        """Uncaught JavaScript errors so far."""
+        return [e["params"]["exceptionDetails"].get("exception", {}).get("description", str(e["params"]))
+                for e in self.events if e.get("method") == "Runtime.exceptionThrown"]
+
+    def requested_urls(self) -> list[str]:
+        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+
+
+def screenshot(page: Path, tmp_path: Path) -> np.ndarray:
+    """The page as Chromium shows it at WIDTH x HEIGHT, once its plot is drawn (or after a timeout)."""
+    with Chromium(tmp_path / f"profile-{time.monotonic_ns()}") as browser:
+        browser.open(page)
+        return browser.screenshot()
 
 
 def pixels_near(image: np.ndarray, hex_colour: str, tolerance: float = 0.03) -> np.ndarray:
@@ -77,33 +250,162 @@ def assert_shows_plot_above_table(image: np.ndarray) -> None:
     distinct = len(np.unique((image * 255).astype(np.uint8).reshape(-1, 3), axis=0))
     assert distinct > 200, f"only {distinct} distinct colours: the page looks blank"
 
-    # The frontier line is drawn only inside the plot: its colour on screen means the image rendered.
+    # The frontier is drawn only by the plot: its colour on screen means the plot rendered.
     frontier = pixels_near(image, report_files.FRONTIER_COLOUR)
-    assert frontier.sum() > 300, "no Pareto frontier on screen: the embedded plot did not render"
+    assert frontier.sum() > 300, "no Pareto frontier on screen: the plot did not render"
     # The table's header cells: a colour nothing else on the page uses.
     header = pixels_near(image, TABLE_HEADER_COLOUR, tolerance=0.01)
     assert header.sum() > 5000, "no table header on screen"
     plot_rows = np.nonzero(frontier.any(axis=1))[0]
     table_rows = np.nonzero(header.any(axis=1))[0]
     assert plot_rows.max() < table_rows.min(), "the plot should sit above the table"
-    # Inside the box the frontier spans, markers, gridlines and labels are drawn too.
+    # Inside the box the frontier spans, markers, error bars, gridlines and labels are drawn too.
     plot_cols = np.nonzero(frontier.any(axis=0))[0]
     box = image[plot_rows.min():plot_rows.max() + 1, plot_cols.min():plot_cols.max() + 1]
     other_ink = int(((box.min(axis=-1) < 0.9) & ~pixels_near(box, report_files.FRONTIER_COLOUR)).sum())
     assert other_ink > 5000, f"only {other_ink} drawn pixels besides the frontier in the plot area"
 
 
-def test_report_html_shows_the_plot_and_the_table_in_chromium(tmp_path):
-    paths = report_files.write_report(run_with_thirteen_variants(), tmp_path / "out")
-    assert_shows_plot_above_table(screenshot(paths["report.html"], tmp_path))
+PLOT_STATE = """(() => {
+  const gd = document.getElementById('plot');
+  if (!gd || !gd.data || !gd.layout) return null;
+  const points = gd.data.filter(t => t.customdata);
+  return {x_title: gd.layout.xaxis.title.text, y_title: gd.layout.yaxis.title.text,
+          xs: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.x[i]]))),
+          ys: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.y[i]]))),
+          frontier: (gd.data.find(t => t.name === 'Pareto frontier') || {x: []}).x};
+})()"""
+FIRST_ROW = "document.querySelector('#results tbody tr').cells[0].dataset.variant"
+HEADER = "Array.from(document.querySelectorAll('#results th')).find(th => th.textContent.startsWith({!r}))"
+VISIBLE_DETAIL = "(document.querySelector('.variant-detail:not([hidden])') || {}).dataset?.variant"
 
 
-def test_a_page_without_the_plot_fails_the_same_check(tmp_path):
-    """The check above is not vacuous: a page whose image is broken shows no frontier colour."""
-    paths = report_files.write_report(run_with_thirteen_variants(), tmp_path / "out")
-    page = paths["report.html"].read_text()
-    start = page.index("base64,") + len("base64,")
-    broken = tmp_path / "broken.html"
-    broken.write_text(page[:start] + "AAAA" + page[page.index('"', start):])
-    image = screenshot(broken, tmp_path)
-    assert pixels_near(image, report_files.FRONTIER_COLOUR).sum() == 0
+def plot_area_colours(image: np.ndarray, rect: dict) -> dict[str, int]:
+    """How many pixels of each runtime's colour and of the frontier's lie inside the plot's box on screen."""
+    top, left = int(rect["top"]), int(rect["left"])
+    box = image[top:top + int(rect["height"]), left:left + int(rect["width"])]
+    colours = {**report_files.RUNTIME_COLOURS, "frontier": report_files.FRONTIER_COLOUR}
+    return {name: int(pixels_near(box, colour, tolerance=0.05).sum()) for name, colour in colours.items()}
+
+
+@needs_chromium
+def test_report_html_sorts_switches_axes_and_opens_details_in_chromium(tmp_path):
+    run = run_with_thirteen_variants()
+    page = report_files.write_report(run, tmp_path / "out")["report.html"]
+    with Chromium(tmp_path / "profile") as browser:
+        assert browser.open(page), "the page never drew its plot"
+        assert all(url.startswith(("file:", "data:")) for url in browser.requested_urls()), browser.requested_urls()
+        state = browser.evaluate(PLOT_STATE)
+        assert state["x_title"].startswith("decode tok/s") and state["y_title"].startswith("PPL")
+        assert state["xs"]["ort-int4"] == 60 and "llamacpp-q6_k" not in state["xs"]  # the failed row is not plotted
+
+        # Sort: the first click on "decode tok/s" puts the slowest first, the second the fastest.
+        speeds = {r.variant: r.metric("decode_tok_s") for r in run.results if r.metric("decode_tok_s")}
+        browser.click(HEADER.format("decode tok/s"))
+        assert browser.evaluate(FIRST_ROW) == min(speeds, key=speeds.get) == "torch-bf16"
+        browser.click(HEADER.format("decode tok/s"))
+        assert browser.evaluate(FIRST_ROW) == max(speeds, key=speeds.get) == "llamacpp-q2_k"
+        assert browser.evaluate("document.querySelector('#results tbody tr:last-child').cells[0].dataset.variant") \
+            == "llamacpp-q6_k"  # no speed: last either way
+
+        # Switch the x axis with the keyboard (the select's next option is prefill tok/s).
+        browser.evaluate("document.getElementById('x-axis').focus()")
+        browser.press("ArrowDown", 40)
+        assert browser.wait_for("document.getElementById('plot').layout.xaxis.title.text.startsWith('prefill')")
+        state = browser.evaluate(PLOT_STATE)
+        assert state["xs"]["ort-int4"] == 480 and state["xs"]["torch-bf16"] == 72
+        values = {r.variant: (r.metric("prefill_tok_s"), r.metric("ppl")) for r in run.results if r.ok}
+        front = report_html.pareto_names(values, True, False)
+        assert state["frontier"] == [values[name][0] for name in front] and len(front) > 1
+        browser.evaluate("window.scrollTo(0, 0)")
+        image = browser.screenshot()
+        shown = plot_area_colours(image, browser.evaluate(
+            "JSON.parse(JSON.stringify(document.getElementById('plot').getBoundingClientRect()))"))
+        # Every runtime's markers and the frontier are on screen, inside the plot.
+        assert min(shown.values()) > 150 and shown["frontier"] > 1000, shown
+
+        # A click on a row opens its detail panel: divergence statistics, latencies, backend settings.
+        assert browser.evaluate(VISIBLE_DETAIL) is None
+        browser.click("Array.from(document.querySelectorAll('#results tbody td')).find("
+                      "td => td.dataset.variant === 'llamacpp-q4_k_m')")
+        assert browser.evaluate(VISIBLE_DETAIL) == "llamacpp-q4_k_m"
+        text = browser.evaluate("document.querySelector('.variant-detail:not([hidden])').innerText")
+        q4 = run.row("llamacpp-q4_k_m")
+        kld = q4.metric("kld_mean")
+        assert (f"{kld:.6f}" if hasattr(report, "divergence_lines") else report.fmt_sig(kld, 4)) in text
+        assert "itl_p99_ms" in text and report.fmt_sig(q4.metric("itl_p99_ms"), 4) in text
+        assert "n_ctx" in text and "4096" in text
+
+        # A click on a plotted point opens that variant's panel.
+        point = ("(() => { const gd = document.getElementById('plot'); const t = gd.data.findIndex("
+                 "d => d.customdata && d.customdata.includes('ort-int4')); return document.querySelectorAll("
+                 "'#plot .scatterlayer .trace')[t].querySelectorAll('path.point')[gd.data[t].customdata"
+                 ".indexOf('ort-int4')]; })()")
+        browser.click(point)
+        assert browser.wait_for("document.querySelector('.variant-detail[data-variant=\"ort-int4\"]:not([hidden])')")
+        assert browser.exceptions() == []
+        # The pointer rests on the point: its hover label names the variant and its figures on both axes.
+        hover = browser.evaluate("document.querySelector('#plot .hoverlayer').textContent")
+        assert "ort-int4" in hover and "prefill tok/s: 480" in hover and "PPL: 10.9" in hover, hover
+
+
+@needs_chromium
+def test_every_axis_pair_draws_and_the_page_shows_plot_above_table(tmp_path):
+    """Every offered axis pair draws; the plot and the table show in the screenshot."""
+    run = run_with_thirteen_variants()
+    page = report_files.write_report(run, tmp_path / "out")["report.html"]
+    points = report_html.plot_data(run)["points"]
+    with Chromium(tmp_path / "profile") as browser:
+        assert browser.open(page)
+        assert_shows_plot_above_table(browser.screenshot())
+        axes = browser.evaluate("['x-axis', 'y-axis'].map(id => Array.from(document.getElementById(id).options)"
+                                ".map(o => o.value))")
+        assert axes == [["decode_tok_s", "prefill_tok_s", "ttft_ms", "peak_rss_mb", "size_mb"],
+                        ["ppl", "delta_ppl_pct", "kld_mean", "top1_agreement"]]
+        for x in axes[0]:
+            for y in axes[1]:
+                browser.evaluate(f"document.getElementById('x-axis').value = {x!r}; "
+                                 f"document.getElementById('y-axis').value = {y!r}; "
+                                 "document.getElementById('y-axis').dispatchEvent(new Event('change'))")
+                state = browser.evaluate(PLOT_STATE)
+                both = [p for p in points if x in p["figures"] and y in p["figures"]]
+                assert state["xs"] == {p["variant"]: p["figures"][x]["value"] for p in both}, (x, y)
+                assert state["ys"] == {p["variant"]: p["figures"][y]["value"] for p in both}, (x, y)
+                assert len(both) == (11 if y in ("kld_mean", "top1_agreement") else 12), (x, y)  # a failed row; the reference: no KLD
+
+
+def broken(page: Path, old: str, new: str, tmp_path: Path) -> Path:
+    text = page.read_text()
+    assert old in text
+    out = tmp_path / "broken.html"
+    out.write_text(text.replace(old, new, 1))
+    return out
+
+
+@needs_chromium
+def test_a_run_with_nothing_scored_still_shows_its_table_and_details(tmp_path):
+    run = RunRecord.from_dict({"results": [{"variant": "ort-int4", "runtime": "ort", "precision": "int4",
+                                            "status": "failed", "error": "RuntimeError: boom"}]})
+    page = report_files.write_report(run, tmp_path / "out")["report.html"]
+    with Chromium(tmp_path / "profile") as browser:
+        assert browser.open(page)
+        assert browser.evaluate("document.getElementById('plot').textContent") == "Nothing to plot."
+        browser.click("document.querySelector('#results tbody td')")
+        assert "RuntimeError: boom" in browser.evaluate("document.querySelector('.variant-detail:not([hidden])')"
+                                                        ".innerText")
+        assert browser.exceptions() == []
+
+
+@needs_chromium
+def test_a_page_without_the_plot_or_the_table_fails_the_same_checks(tmp_path):
+    """The checks above are not vacuous: without plotly.js, or without the table, they fail."""
+    page = report_files.write_report(run_with_thirteen_variants(), tmp_path / "out")["report.html"]
+    no_plotly = broken(page, "<script>/**\n* plotly.js", "<script type=\"text/plain\">/**\n* plotly.js", tmp_path)
+    with Chromium(tmp_path / "profile") as browser:
+        browser.open(no_plotly)
+        assert browser.evaluate(PLOT_STATE) is None
+        with pytest.raises(AssertionError, match="plot did not render"):
+            assert_shows_plot_above_table(browser.screenshot())
+    no_table = broken(page, '<table id="results">', '<table id="results" style="display:none">', tmp_path)
+    with pytest.raises(AssertionError, match="no table header"):
+        assert_shows_plot_above_table(screenshot(no_table, tmp_path))
