@@ -14,19 +14,28 @@ llama-bench's ``pp`` and ``tg``:
 
 Warmups, each a full prefill and a full decode, are run and discarded: a
 shorter decode warm-up than the measured one left decode slower than
-llama-bench's. The ``repetitions`` measured ones alternate prefill and decode,
-so a drift in machine speed touches both alike.
+llama-bench's. The measured repetitions come in rounds of one prefill and one
+decode, so a drift in machine speed touches both alike. After the minimum
+(``repetitions``) a test runs again only while the 95 % interval of its speed
+(``harness.stats``) is wider than the precision target, up to
+``max_repetitions``; a round starts only when it is expected to end within
+``budget_s`` of the speed tests' start, warm-ups included, judged by the mean
+time each test's runs took so far. A cheap decode thus keeps repeating after
+an expensive prefill has stopped.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from harness.backends.base import Backend
 from harness.config import CompareConfig
+from harness.energy import POWERCAP_ROOT, PackageEnergy
 from harness.monitor import GpuMonitor, ResourceMonitor
 from harness.results import Efficiency
 from harness.stats import Stats
@@ -35,8 +44,11 @@ from harness.tokenizer import speed_token_pool
 DECODE_PROMPT_TOKENS = 1  # llama-bench tg: generation starts from an empty cache
 MAX_DECODE_ATTEMPTS = 5  # prompts to try when one ends in EOS before a second token
 
-# Keys with a median over repetitions, hence a ``_spread`` and a place in ``noisy``.
+# Keys with a median over repetitions, hence a ``_spread``, a ``_ci`` and a place in ``noisy``.
 TIMED_KEYS = Efficiency.TIMED
+REPEATED_KEYS = Efficiency.TIMED + Efficiency.ENERGY
+TESTS = ("prefill", "decode")
+STOP_KEYS = {"prefill": "prefill_tok_s", "decode": "decode_tok_s"}  # the figure whose precision ends each test
 
 
 def load_seconds(backend: Backend, clock: Callable[[], float] = time.perf_counter) -> float:
@@ -72,6 +84,23 @@ def _gpu_index(device: str) -> int | None:
     return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
+@dataclass(frozen=True)
+class RepetitionPlan:
+    """How many measured repetitions each speed test gets: at least, at most, how precise, and in how long."""
+
+    min_repetitions: int = CompareConfig.repetitions
+    max_repetitions: int = CompareConfig.max_repetitions
+    precision_target_pct: float = CompareConfig.precision_target
+    budget_s: float = CompareConfig.speed_budget
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_repetitions <= self.max_repetitions:
+            raise ValueError(f"need 1 <= repetitions={self.min_repetitions} <= max_repetitions={self.max_repetitions}")
+        if self.precision_target_pct < 0 or self.budget_s <= 0:
+            raise ValueError(f"precision_target_pct={self.precision_target_pct} must be >= 0 and "
+                             f"budget_s={self.budget_s} > 0")
+
+
 def measure_efficiency(
     backend: Backend,
     prompt_tokens: int = CompareConfig.prompt_tokens,
@@ -80,85 +109,149 @@ def measure_efficiency(
     repetitions: int = CompareConfig.repetitions,
     seed: int = 0,
     *,
+    max_repetitions: int = CompareConfig.max_repetitions,
+    precision_target_pct: float = CompareConfig.precision_target,
+    budget_s: float = CompareConfig.speed_budget,
     load_s: float | None = None,
     token_pool: np.ndarray | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    powercap_root: str | Path = POWERCAP_ROOT,
 ) -> Efficiency:
     """The efficiency of a loaded ``backend``.
 
-    ``load_s`` is the cold load time the caller measured (``load_seconds``).
-    ``peak_rss_mb`` is the process's peak since it started, so call this
-    before the accuracy pass in a fresh child: the figure is then the load
-    plus the inference of this variant. ``token_pool`` overrides the ids
-    drawn from the variant's tokenizer.
+    ``repetitions`` is the minimum number of measured runs of each test; more
+    follow as the module docstring says (pass ``max_repetitions=repetitions``
+    for a fixed count). ``load_s`` is the cold load time the caller measured
+    (``load_seconds``). ``peak_rss_mb`` is the process's peak since it
+    started, so call this before the accuracy pass in a fresh child: the
+    figure is then the load plus the inference of this variant.
+    ``token_pool`` overrides the ids drawn from the variant's tokenizer;
+    ``powercap_root`` is where the CPU energy counters are read (``harness.energy``).
     """
     if prompt_tokens < 1 or gen_tokens < 1:
         raise ValueError(f"prompt_tokens={prompt_tokens} and gen_tokens={gen_tokens} must be at least 1")
-    if repetitions < 1 or warmup < 0:
-        raise ValueError(f"repetitions={repetitions} must be >= 1 and warmup={warmup} >= 0")
+    if warmup < 0:
+        raise ValueError(f"warmup={warmup} must be >= 0")
+    plan = RepetitionPlan(repetitions, max_repetitions, precision_target_pct, budget_s)
     pool = speed_token_pool(backend.variant.tokenizer_path) if token_pool is None else np.asarray(token_pool)
     rng = np.random.default_rng(seed)
 
     def draw(n: int) -> np.ndarray:
         return rng.choice(pool, size=n).astype(np.int64)
 
+    start = clock()
     for _ in range(warmup):
         _prefill_seconds(backend, draw(prompt_tokens))
         _decode(backend, draw, gen_tokens)
-
+    runs = _Runs(backend, draw, prompt_tokens, gen_tokens, PackageEnergy(powercap_root), clock)
     with ResourceMonitor(clock=clock) as resources:
-        runs = _timed_runs(backend, draw, prompt_tokens, gen_tokens, repetitions)
-    figures = _timed_figures(runs, prompt_tokens)
-    timed: dict[str, Any] = {}
+        runs.repeat(plan, start)
+    speed_wall_s = clock() - start
+    values = runs.figure_values()
+    figures = {key: Stats.from_values(v, unit) for key, (v, unit) in values.items()}
+    repeated: dict[str, Any] = {}
     for key, stats in figures.items():
-        timed[key] = stats.median
-        timed[f"{key}_spread"] = stats.spread
+        repeated.update({key: stats.median, f"{key}_spread": stats.spread, f"{key}_ci": stats.interval})
     usage = resources.usage
     return Efficiency(
         load_s=load_s,
         size_bytes=backend.variant.size_bytes,
         bits_per_weight=backend.variant.bits_per_weight,
-        **timed,
+        **repeated,
         peak_rss_mb=usage.peak_rss_mb,
         cpu_util_pct=usage.cpu_util_pct,
-        **_gpu_figures(runs["gpu"]),
-        noisy=[key for key, stats in figures.items() if stats.noisy],
+        **_gpu_resources(runs.gpu),
+        noisy=[key for key, stats in figures.items() if not stats.within(plan.precision_target_pct)],
+        precision_target_pct=plan.precision_target_pct,
         prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens,
-        repetitions=repetitions,
+        repetitions=runs.rounds,
+        speed_wall_s=speed_wall_s,
+        repetition_values={key: [float(x) for x in v] for key, (v, _) in values.items()},
     )
 
 
-def _timed_runs(backend: Backend, draw, prompt_tokens: int, gen_tokens: int, repetitions: int) -> dict[str, list]:
-    """The measured repetitions, prefill and decode alternating: TTFTs, decode speeds, ITL percentiles, GPU metrics."""
-    gpu_index = _gpu_index(backend.device)
-    runs: dict[str, list] = {"ttft_s": [], "decode_tok_s": [], "itl_ms": [], "gpu": []}
-    for _ in range(repetitions):
-        with _gpu_monitor(gpu_index) as gpu:
-            runs["ttft_s"].append(_prefill_seconds(backend, draw(prompt_tokens)))
-        runs["gpu"].append((gpu.metrics, None))
-        with _gpu_monitor(gpu_index) as gpu:
-            generation = _decode(backend, draw, gen_tokens)
+class _Runs:
+    """The measured runs of both tests, in rounds, and what each produced."""
+
+    def __init__(self, backend: Backend, draw, prompt_tokens: int, gen_tokens: int, packages: PackageEnergy, clock):
+        self.backend, self.draw, self.clock = backend, draw, clock
+        self.prompt_tokens, self.gen_tokens = prompt_tokens, gen_tokens
+        self.packages = packages
+        self.gpu_index = _gpu_index(backend.device)
+        self.seconds: dict[str, list[float]] = {test: [] for test in TESTS}  # wall time of each run, to plan ahead
+        self.ttft_s: list[float] = []
+        self.decode_tok_s: list[float] = []
+        self.itl_ms: list[np.ndarray] = []  # per decode run: p50, p90, p99 of its gaps
+        self.gpu: list[tuple[dict[str, float], int | None]] = []  # (metrics, tokens produced or None for prefill)
+        self.cpu_energy: list[tuple[float, int]] = []  # (joules, tokens produced) per decode run
+        self.rounds = 0
+
+    def _count(self, test: str) -> int:
+        return len(self.seconds[test])
+
+    def _stop_values(self, test: str) -> list[float]:
+        return [self.prompt_tokens / s for s in self.ttft_s] if test == "prefill" else self.decode_tok_s
+
+    def needs(self, test: str, plan: RepetitionPlan) -> bool:
+        """Whether ``test`` runs again: below the minimum, or below the maximum and not yet precise."""
+        n = self._count(test)
+        if n < plan.min_repetitions:
+            return True
+        if n >= plan.max_repetitions:
+            return False
+        return not Stats.from_values(self._stop_values(test), "").within(plan.precision_target_pct)
+
+    def repeat(self, plan: RepetitionPlan, start: float) -> None:
+        """Rounds of the tests that still need runs, until none does or the next round would end past the budget."""
+        while True:
+            todo = [test for test in TESTS if self.needs(test, plan)]
+            if not todo:
+                return
+            past_minimum = all(self._count(test) >= plan.min_repetitions for test in TESTS)
+            expected_s = sum(float(np.mean(self.seconds[test])) for test in todo) if past_minimum else 0.0
+            if past_minimum and self.clock() - start + expected_s > plan.budget_s:
+                return
+            self.rounds += 1
+            for test in todo:
+                run = self._prefill if test == "prefill" else self._decode
+                t0 = self.clock()
+                run()
+                self.seconds[test].append(self.clock() - t0)
+
+    def _prefill(self) -> None:
+        with _gpu_monitor(self.gpu_index) as gpu:
+            self.ttft_s.append(_prefill_seconds(self.backend, self.draw(self.prompt_tokens)))
+        self.gpu.append((gpu.metrics, None))
+
+    def _decode(self) -> None:
+        with _gpu_monitor(self.gpu_index) as gpu, self.packages.measure() as cpu:
+            generation = _decode(self.backend, self.draw, self.gen_tokens)
         produced = len(generation.token_times_s)
-        runs["decode_tok_s"].append(produced / (generation.token_times_s[-1] - generation.start_s))
+        self.decode_tok_s.append(produced / (generation.token_times_s[-1] - generation.start_s))
         gaps_ms = 1000.0 * generation.inter_token_s
-        runs["itl_ms"].append(np.percentile(gaps_ms, [50, 90, 99]) if len(gaps_ms) else np.full(3, np.nan))
-        runs["gpu"].append((gpu.metrics, produced))
-    return runs
+        self.itl_ms.append(np.percentile(gaps_ms, [50, 90, 99]) if len(gaps_ms) else np.full(3, np.nan))
+        self.gpu.append((gpu.metrics, produced))
+        if "cpu_energy_j" in cpu.metrics:
+            self.cpu_energy.append((cpu.metrics["cpu_energy_j"], produced))
 
-
-def _timed_figures(runs: dict[str, list], prompt_tokens: int) -> dict[str, Stats]:
-    ttft_s = runs["ttft_s"]
-    figures = {
-        "prefill_tok_s": Stats.from_values([prompt_tokens / s for s in ttft_s], "tok/s"),
-        "decode_tok_s": Stats.from_values(runs["decode_tok_s"], "tok/s"),
-        "ttft_ms": Stats.from_values([1000.0 * s for s in ttft_s], "ms"),
-    }
-    itl = np.asarray(runs["itl_ms"])  # (repetitions, 3): p50, p90, p99 of each decode run
-    if np.isfinite(itl).all():  # gen_tokens == 1 has no gaps between tokens
-        for column, key in enumerate(("itl_p50_ms", "itl_p90_ms", "itl_p99_ms")):
-            figures[key] = Stats.from_values(itl[:, column], "ms")
-    return figures
+    def figure_values(self) -> dict[str, tuple[list[float], str]]:
+        """Each repeated figure's measured values and unit; ITL only with gaps, energies only where read."""
+        figures = {
+            "prefill_tok_s": ([self.prompt_tokens / s for s in self.ttft_s], "tok/s"),
+            "decode_tok_s": (list(self.decode_tok_s), "tok/s"),
+            "ttft_ms": ([1000.0 * s for s in self.ttft_s], "ms"),
+        }
+        itl = np.asarray(self.itl_ms)  # (decode runs, 3): p50, p90, p99 of each
+        if np.isfinite(itl).all():  # gen_tokens == 1 has no gaps between tokens
+            for column, key in enumerate(("itl_p50_ms", "itl_p90_ms", "itl_p99_ms")):
+                figures[key] = (itl[:, column].tolist(), "ms")
+        gpu_energy = [(m["energy_j"], n) for m, n in self.gpu if n and "energy_j" in m]
+        for prefix, measured in (("", gpu_energy), ("cpu_", self.cpu_energy)):
+            if measured:
+                figures[f"{prefix}energy_j"] = ([e for e, _ in measured], "J")
+                figures[f"{prefix}energy_per_token_j"] = ([e / n for e, n in measured], "J/token")
+        return figures
 
 
 def _gpu_monitor(gpu_index: int | None):
@@ -177,8 +270,8 @@ class _NoGpu:
         return None
 
 
-def _gpu_figures(runs: list[tuple[dict[str, float], int | None]]) -> dict[str, Any]:
-    """GPU peak memory (max), utilisation (median) and decode energy (median per run and per token); {} on CPU."""
+def _gpu_resources(runs: list[tuple[dict[str, float], int | None]]) -> dict[str, Any]:
+    """GPU peak memory (max over runs) and utilisation (median); {} on a CPU."""
     out: dict[str, Any] = {}
     peaks = [m["gpu_peak_mem_mb"] for m, _ in runs if "gpu_peak_mem_mb" in m]
     if peaks:
@@ -186,11 +279,4 @@ def _gpu_figures(runs: list[tuple[dict[str, float], int | None]]) -> dict[str, A
     utils = [m["gpu_util_pct"] for m, _ in runs if "gpu_util_pct" in m]
     if utils:
         out["gpu_util_pct"] = float(np.median(utils))
-    decode = [(m["energy_j"], n) for m, n in runs if n and "energy_j" in m]
-    if decode:
-        energy = Stats.from_values([e for e, _ in decode], "J")
-        per_token = Stats.from_values([e / n for e, n in decode], "J/token")
-        out["energy_j"], out["energy_j_spread"] = energy.median, energy.spread
-        out["energy_per_token_j"], out["energy_per_token_j_spread"] = per_token.median, per_token.spread
     return out
-

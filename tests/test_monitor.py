@@ -10,12 +10,14 @@ import pytest
 from fakes import FakeBackend, fake_variant
 
 from harness.backends.base import Backend, Generation
+from harness.config import CompareConfig
 from harness.efficiency import TIMED_KEYS, load_seconds, measure_efficiency
 from harness.monitor import GpuMonitor, ResourceMonitor, nvml_available
 from harness.runner import run_in_child
 from harness.tokenizer import speed_token_pool
 
 EXTRA_MB = 500
+NO_POWERCAP = "/nonexistent/powercap"  # the CPU energy figures are absent whatever this machine exposes
 
 
 # ---- child targets ----------------------------------------------------------------------------
@@ -125,14 +127,19 @@ class ScriptedBackend(Backend):
 def test_efficiency_formulas_on_scripted_stamps():
     # Calls alternate prefill (generate(prompt, 1)) and decode; warmup=0 so every call is measured.
     backend = ScriptedBackend(step_s=[0.01, 0.01, 0.01, 0.02, 0.01, 0.01], prompt_s_per_token=0.002)
-    eff = measure_efficiency(backend, prompt_tokens=100, gen_tokens=8, warmup=0, repetitions=3, token_pool=np.arange(50))
+    eff = measure_efficiency(backend, prompt_tokens=100, gen_tokens=8, warmup=0, repetitions=3, max_repetitions=3,
+                             token_pool=np.arange(50), powercap_root=NO_POWERCAP)
     assert eff.prefill_tok_s == pytest.approx(500.0)  # 100 tokens in 0.2 s
-    assert eff.ttft_ms == pytest.approx(200.0)
-    # Decode runs at 20 ms, 10 ms, 10 ms a token: 8 tokens from a one-token prompt take 8 steps.
+    assert eff.ttft_ms == pytest.approx(200.0) and eff.ttft_ms_ci == pytest.approx([200.0, 200.0])
+    # Decode runs at 10 ms, 20 ms, 10 ms a token: 8 tokens from a one-token prompt take 8 steps.
+    assert eff.repetition_values["decode_tok_s"] == pytest.approx([100.0, 50.0, 100.0])
     assert eff.decode_tok_s == pytest.approx(100.0)
     assert eff.decode_tok_s_spread == pytest.approx([50.0, 100.0])
+    assert eff.decode_tok_s_ci == pytest.approx([50.0, 100.0])  # 3 repetitions: the bootstrap gives the range
     assert eff.itl_p50_ms == pytest.approx(10.0) and eff.itl_p99_ms_spread == pytest.approx([10.0, 20.0])
+    # The target is missed where the interval is wider than 3 % of the median: 25 % for decode.
     assert eff.noisy == ["decode_tok_s", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms"]
+    assert (eff.precision_target_pct, eff.repetitions) == (3.0, 3)
     assert (eff.size_bytes, eff.bits_per_weight, eff.load_s) == (1234, 4.5, None)
 
 
@@ -157,15 +164,19 @@ def test_each_repetition_draws_a_fresh_prompt_of_allowed_ids_only_after_discarde
 def test_efficiency_of_a_fake_backend_has_every_schema_key_with_spreads_and_no_gpu_keys():
     backend = FakeBackend(vocab_size=16, seed=3)
     load_s = load_seconds(backend)
-    eff = measure_efficiency(backend, prompt_tokens=32, gen_tokens=8, warmup=1, repetitions=5, load_s=load_s, token_pool=np.arange(16))
-    for key in ("load_s", "size_bytes", "bits_per_weight", "peak_rss_mb", "cpu_util_pct", *TIMED_KEYS):
+    eff = measure_efficiency(backend, prompt_tokens=32, gen_tokens=8, warmup=1, repetitions=5, load_s=load_s,
+                             token_pool=np.arange(16), powercap_root=NO_POWERCAP)
+    for key in ("load_s", "size_bytes", "bits_per_weight", "peak_rss_mb", "cpu_util_pct", "speed_wall_s", *TIMED_KEYS):
         assert isinstance(getattr(eff, key), (int, float)) and getattr(eff, key) >= 0, key
     for key in TIMED_KEYS:
         low, high = getattr(eff, f"{key}_spread")
-        assert low <= getattr(eff, key) <= high, key
+        ci_low, ci_high = getattr(eff, f"{key}_ci")
+        assert low <= ci_low <= getattr(eff, key) <= ci_high <= high, key
+        assert len(eff.repetition_values[key]) >= 5, key
+    assert 5 <= eff.repetitions <= CompareConfig.max_repetitions
     assert set(eff.noisy) <= set(TIMED_KEYS)
     assert eff.itl_p50_ms <= eff.itl_p90_ms <= eff.itl_p99_ms
-    assert not [k for k in eff.to_dict() if k.startswith(("gpu_", "energy"))]
+    assert not [k for k in eff.to_dict() if k.startswith(("gpu_", "energy", "cpu_energy"))]
     assert eff.peak_rss_mb > 10  # this process's own RSS at least: the OS high-water mark was read
 
 
