@@ -9,6 +9,7 @@ no store (a text file, a damaged database) before any work is done.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 from contextlib import closing
@@ -19,6 +20,7 @@ from harness.errors import UserError
 from harness.paths import STORE_ENV, data_dir
 from harness.report_files import json_safe
 from harness.results import RunRecord, VariantRow
+from harness.stats import ratio_of_medians
 
 STORE_NAME = "harness.sqlite"
 STORE_SCHEMA_VERSION = 1  # kept in PRAGMA user_version
@@ -164,24 +166,42 @@ def load(run_id: str, path: str | os.PathLike | None = None) -> RunRecord:
     return RunRecord.from_dict(json.loads(matches[0][1]))
 
 
+# How a change was judged (``Change.basis``).
+BOOTSTRAP = "bootstrap"  # the two runs' repetitions: ratio of medians with a two-sample bootstrap interval
+RANGE = "range"  # a run stored without its repetitions: significant when the [min, max] ranges do not overlap
+EXACT = "exact"  # both runs scored the same tokens: accuracy is deterministic, any difference is real
+STDERR = "stderr"  # different tokens: each run's standard error, as independent estimates
+STDERR_KEYS = {"ppl": "ppl_stderr", "kld_mean": "kld_stderr"}
+Z_95 = 1.959963984540054
+# The corpus facts that, with the model file's hash, fix the token ids a run scored.
+TOKEN_FACTS = ("name", "source", "protocol", "ctx", "tokens_scored", "windows", "tokenizer")
+
+
 @dataclass(frozen=True)
 class Change:
-    """One metric of one variant in run A and run B."""
+    """One metric of one variant in run A and run B, and whether the difference is real."""
 
     key: str
     a: float | None
     b: float | None
-    beyond_noise: bool | None = None  # speeds only; None when either run has no spread
+    significant: bool | None = None  # None: nothing to judge it by (or a metric that is not judged)
+    ratio_ci: tuple[float, float] | None = None  # 95 % interval of b / a
+    basis: str | None = None  # BOOTSTRAP, RANGE, EXACT or STDERR
 
     @property
     def is_speed(self) -> bool:
         return self.key in SPEED_KEYS
 
     @property
-    def delta_pct(self) -> float | None:
+    def ratio(self) -> float | None:
         if self.a is None or self.b is None or self.a == 0:
             return None
-        return (self.b / self.a - 1.0) * 100.0
+        return self.b / self.a
+
+    @property
+    def delta_pct(self) -> float | None:
+        ratio = self.ratio
+        return None if ratio is None else (ratio - 1.0) * 100.0
 
 
 @dataclass(frozen=True)
@@ -198,21 +218,66 @@ class RunDiff:
     run_b: str
     context: tuple[str, ...]  # "corpus.ctx: 512 -> 1024", facts that differ between the runs
     variants: tuple[VariantDiff, ...]
+    same_tokens: bool = False  # both runs scored the same token ids (``same_tokens``)
 
 
-def speed_beyond_noise(row_a: VariantRow | None, row_b: VariantRow | None, key: str) -> bool | None:
-    """Whether a speed changed by more than its measured noise.
+def speed_change(row_a: VariantRow | None, row_b: VariantRow | None, key: str) -> Change:
+    """A speed in A and B, judged on the two runs' repetitions.
 
-    Rule: the change is beyond noise when the [min, max] ranges of the measured
-    repetitions in the two runs do not overlap, i.e. every repetition of one
-    run was faster than every repetition of the other. None when either run
-    lacks the spread.
+    With both runs' values: the ratio of the medians B/A and its 95 %
+    two-sample bootstrap interval (``stats.ratio_of_medians``), significant
+    when the interval leaves out 1. A run stored before the values were kept
+    falls back to the [min, max] rule: significant when the two ranges do not
+    overlap (what the bootstrap gives with 3 repetitions a side). Neither:
+    not judged.
     """
-    spreads = [row.efficiency.spread(key) if row and row.efficiency else None for row in (row_a, row_b)]
+    a, b = _metric(row_a, key), _metric(row_b, key)
+    if a is None or b is None:
+        return Change(key, a, b)
+    effs = [row.efficiency if row is not None else None for row in (row_a, row_b)]
+    values = [eff.values(key) if eff is not None else None for eff in effs]
+    if None not in values and min(min(v) for v in values) > 0:
+        ratio = ratio_of_medians(values[0], values[1])
+        return Change(key, a, b, ratio.significant, (ratio.low, ratio.high), BOOTSTRAP)
+    spreads = [eff.spread(key) if eff is not None else None for eff in effs]
     if None in spreads:
-        return None
-    a, b = spreads
-    return a[1] < b[0] or b[1] < a[0]
+        return Change(key, a, b)
+    (low_a, high_a), (low_b, high_b) = spreads
+    return Change(key, a, b, high_a < low_b or high_b < low_a, None, RANGE)
+
+
+def accuracy_change(row_a: VariantRow | None, row_b: VariantRow | None, key: str, exact: bool) -> Change:
+    """PPL or KLD in A and B: ``exact`` when both scored the same tokens, else judged on each run's standard error.
+
+    Independent estimates: the log of B/A has the standard error
+    sqrt((se_a/a)^2 + (se_b/b)^2), and the change is significant when the
+    95 % interval of B/A leaves out 1.
+    """
+    a, b = _metric(row_a, key), _metric(row_b, key)
+    if a is None or b is None:
+        return Change(key, a, b)
+    if exact:
+        return Change(key, a, b, a != b, None, EXACT)
+    se_a, se_b = _metric(row_a, STDERR_KEYS[key]), _metric(row_b, STDERR_KEYS[key])
+    if se_a is None or se_b is None or a <= 0 or b <= 0:
+        return Change(key, a, b)
+    se_log = math.hypot(se_a / a, se_b / b)
+    low, high = (b / a) * math.exp(-Z_95 * se_log), (b / a) * math.exp(Z_95 * se_log)
+    return Change(key, a, b, low > 1.0 or high < 1.0, (low, high), STDERR)
+
+
+def same_tokens(run_a: RunRecord, run_b: RunRecord) -> bool:
+    """Whether both runs scored the very same token ids: the same model file (hash) and corpus, windowed alike."""
+    sha = run_a.model.source_sha256
+    facts = [tuple(getattr(run.corpus, name) for name in TOKEN_FACTS) for run in (run_a, run_b)]
+    known = facts[0][0] is not None and facts[0][TOKEN_FACTS.index("tokens_scored")] is not None
+    return bool(sha) and sha == run_b.model.source_sha256 and known and facts[0] == facts[1]
+
+
+def _rows_same_tokens(row_a: VariantRow | None, row_b: VariantRow | None) -> bool:
+    counts = [row.accuracy.tokens_scored if row is not None and row.accuracy is not None else None
+              for row in (row_a, row_b)]
+    return counts[0] is not None and counts[0] == counts[1]
 
 
 def _flatten(value, prefix: str) -> dict:
@@ -238,17 +303,31 @@ def _metric(row: VariantRow | None, key: str) -> float | None:
     return row.metric(key) if row is not None else None
 
 
+def _changes(row_a: VariantRow | None, row_b: VariantRow | None, same: bool, same_reference: bool) -> tuple:
+    changes = []
+    for key in DIFF_KEYS:
+        if key in SPEED_KEYS:
+            changes.append(speed_change(row_a, row_b, key))
+        elif key in STDERR_KEYS:
+            exact = same and _rows_same_tokens(row_a, row_b) and (key == "ppl" or same_reference)
+            changes.append(accuracy_change(row_a, row_b, key, exact))
+        else:
+            changes.append(Change(key, _metric(row_a, key), _metric(row_b, key)))
+    return tuple(changes)
+
+
 def diff(run_a: RunRecord, run_b: RunRecord) -> RunDiff:
-    """Per variant (in A's order, then B's new ones), what changed in PPL, KLD, speeds and peak RSS."""
+    """Per variant (in A's order, then B's new ones), what changed in PPL, KLD, speeds and peak RSS, and whether it is real.
+
+    KLD is exact only when both runs also measured it against the same reference.
+    """
     rows_a = {r.variant: r for r in run_a.results}
     rows_b = {r.variant: r for r in run_b.results}
+    same = same_tokens(run_a, run_b)
+    same_reference = run_a.reference == run_b.reference
     variants = []
     for name in dict.fromkeys(list(rows_a) + list(rows_b)):
         row_a, row_b = rows_a.get(name), rows_b.get(name)
-        changes = tuple(
-            Change(key, _metric(row_a, key), _metric(row_b, key),
-                   speed_beyond_noise(row_a, row_b, key) if key in SPEED_KEYS else None)
-            for key in DIFF_KEYS
-        )
-        variants.append(VariantDiff(name, row_a.status if row_a else None, row_b.status if row_b else None, changes))
-    return RunDiff(run_a.run_id or "A", run_b.run_id or "B", _context_changes(run_a, run_b), tuple(variants))
+        variants.append(VariantDiff(name, row_a.status if row_a else None, row_b.status if row_b else None,
+                                    _changes(row_a, row_b, same, same_reference)))
+    return RunDiff(run_a.run_id or "A", run_b.run_id or "B", _context_changes(run_a, run_b), tuple(variants), same)

@@ -1,10 +1,12 @@
-"""The results store: save, list, load by prefix, and diff with the noise rule."""
+"""The results store: save, list, load by prefix, and diff: each change judged real or within the noise."""
 
 from __future__ import annotations
 
 import copy
+import re
 import sqlite3
 
+import numpy as np
 import pytest
 
 from harness import report, store
@@ -102,51 +104,102 @@ def test_default_path_honours_the_environment(monkeypatch, tmp_path):
     assert sqlite3.connect(tmp_path / "elsewhere.sqlite").execute("SELECT run_id FROM runs").fetchall() == [("env-run",)]
 
 
-def test_speed_changes_are_beyond_noise_only_when_the_ranges_do_not_overlap():
+def with_values(run_row: dict, key: str, values: list[float]) -> dict:
+    """``run_row`` with ``key``'s repetitions stored, its median and spread from them, as a run records them now."""
+    run_row["efficiency"].update({key: float(np.median(values)), f"{key}_spread": [min(values), max(values)]})
+    run_row["efficiency"].setdefault("repetition_values", {})[key] = values
+    return run_row
+
+
+def changes_of(result) -> dict:
+    return {(v.variant, c.key): c for v in result.variants for c in v.changes}
+
+
+def line_of(text: str, variant: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(variant))
+
+
+def test_speed_changes_are_judged_by_a_bootstrap_of_the_ratio_of_medians_and_old_runs_by_their_ranges():
     a = make_run("A", "1", [
-        row("llamacpp-q8_0", 10.00, 50.0, (48.0, 52.0)),    # -> 58 [57, 59]: beyond
-        row("llamacpp-q4_0", 10.40, 80.0, (70.0, 90.0)),    # -> 85 [75, 95]: within, though +6%
-        row("llamacpp-q2_k", 13.00, 90.0, (89.0, 91.0)),    # -> no spread: unknown
-        row("torch-fp32", 10.00, 20.0, (19.0, 21.0)),       # dropped in B
+        with_values(row("llamacpp-q8_0", 10.0, 0, ()), "decode_tok_s", [49.0, 50.0, 51.0, 50.0, 52.0, 48.0, 50.0]),
+        with_values(row("llamacpp-q4_0", 10.4, 0, ()), "decode_tok_s", [70.0, 80.0, 90.0, 85.0, 75.0]),
+        row("llamacpp-q2_k", 13.0, 90.0, (89.0, 91.0)),  # stored before repetitions were kept
+        row("llamacpp-q3_k_m", 12.0, 90.0, (89.0, 91.0)),
+        row("torch-fp32", 10.0, 20.0, (19.0, 21.0)),  # dropped in B
     ])
     b = copy.deepcopy(a)
     b["run_id"] = "B"
-    b["corpus"]["ctx"] = 1024
-    q8, q4, q2 = b["results"][:3]
-    q8["efficiency"].update(decode_tok_s=58.0, decode_tok_s_spread=[57.0, 59.0])
-    q8["accuracy"]["ppl"] = 10.05
-    q4["efficiency"].update(decode_tok_s=85.0, decode_tok_s_spread=[75.0, 95.0])
-    q2["efficiency"].update(decode_tok_s=99.0)
-    del q2["efficiency"]["decode_tok_s_spread"]
-    b["results"] = [q8, q4, q2, {"variant": "ort-int4", "runtime": "ort", "precision": "int4", "status": "unavailable",
-                                 "error": "not installed"}]
+    q8, q4, q2, q3 = b["results"][:4]
+    with_values(q8, "decode_tok_s", [57.0, 58.0, 59.0, 58.0, 58.0, 57.0, 59.0])  # every repetition faster
+    with_values(q4, "decode_tok_s", [75.0, 85.0, 95.0, 80.0, 90.0])  # +6 % of the median, inside the noise
+    q2["efficiency"].update(decode_tok_s=99.0, decode_tok_s_spread=[98.0, 100.0])
+    q3["efficiency"].update(decode_tok_s=91.0)
+    del q3["efficiency"]["decode_tok_s_spread"]
+    b["results"] = [q8, q4, q2, q3, {"variant": "ort-int4", "runtime": "ort", "precision": "int4",
+                                     "status": "unavailable", "error": "not installed"}]
 
     result = store.diff(RunRecord.from_dict(a), RunRecord.from_dict(b))
-    by_name = {v.variant: v for v in result.variants}
-    assert list(by_name) == ["llamacpp-q8_0", "llamacpp-q4_0", "llamacpp-q2_k", "torch-fp32", "ort-int4"]
-
-    def change(name, key):
-        return next(c for c in by_name[name].changes if c.key == key)
-
-    assert change("llamacpp-q8_0", "decode_tok_s").beyond_noise is True
-    assert change("llamacpp-q8_0", "decode_tok_s").delta_pct == pytest.approx(16.0)
-    assert change("llamacpp-q8_0", "ppl").delta_pct == pytest.approx(0.5)
-    assert change("llamacpp-q8_0", "prefill_tok_s").beyond_noise is False  # identical ranges
-    assert change("llamacpp-q4_0", "decode_tok_s").beyond_noise is False
-    assert change("llamacpp-q2_k", "decode_tok_s").beyond_noise is None
-    assert (by_name["torch-fp32"].status_a, by_name["torch-fp32"].status_b) == ("ok", None)
-    assert change("torch-fp32", "ppl").b is None
-    assert by_name["ort-int4"].status_a is None and by_name["ort-int4"].status_b == "unavailable"
-    assert result.context == ("corpus.ctx: 512 -> 1024",)
+    assert [v.variant for v in result.variants] == [
+        "llamacpp-q8_0", "llamacpp-q4_0", "llamacpp-q2_k", "llamacpp-q3_k_m", "torch-fp32", "ort-int4"]
+    changes = changes_of(result)
+    q8_decode = changes["llamacpp-q8_0", "decode_tok_s"]
+    assert (q8_decode.basis, q8_decode.significant, q8_decode.ratio) == ("bootstrap", True, pytest.approx(1.16))
+    assert 57 / 52 <= q8_decode.ratio_ci[0] < 1.16 < q8_decode.ratio_ci[1] <= 59 / 48
+    q4_decode = changes["llamacpp-q4_0", "decode_tok_s"]
+    assert q4_decode.basis == "bootstrap" and not q4_decode.significant
+    assert q4_decode.ratio_ci[0] < 1.0 < q4_decode.ratio_ci[1]
+    assert (changes["llamacpp-q2_k", "decode_tok_s"].basis, changes["llamacpp-q2_k", "decode_tok_s"].significant) == (
+        "range", True)  # [89, 91] -> [98, 100]
+    assert changes["llamacpp-q8_0", "prefill_tok_s"].significant is False  # old-style identical ranges
+    assert changes["llamacpp-q3_k_m", "decode_tok_s"].significant is None  # no spread in B: cannot tell
+    assert (result.variants[4].status_a, result.variants[4].status_b) == ("ok", None)
+    assert changes["torch-fp32", "ppl"].b is None and changes["ort-int4", "ppl"].a is None
 
     text = report.render_diff(result)
-    assert "The runs differ in: corpus.ctx: 512 -> 1024" in text
-    q8_line = next(line for line in text.splitlines() if line.startswith("llamacpp-q8_0"))
-    assert "50.0 → 58.0 (+16.0%) *" in q8_line and "10.00 → 10.05 (+0.5%)" in q8_line
-    q4_line = next(line for line in text.splitlines() if line.startswith("llamacpp-q4_0"))
-    assert "80.0 → 85.0 (+6.2%)" in q4_line and "*" not in q4_line
-    assert "99.0 (+10.0%) ?" in next(line for line in text.splitlines() if line.startswith("llamacpp-q2_k"))
-    assert "ok → (absent)" in next(line for line in text.splitlines() if line.startswith("torch-fp32"))
+    q8_cell = re.search(r"50\.0 → 58\.0 \(×1\.160 \[(\d\.\d+), (\d\.\d+)\]\) \*", line_of(text, "llamacpp-q8_0"))
+    assert q8_cell and float(q8_cell.group(1)) > 1.0
+    assert "80.0 → 85.0 (×1.062 [" in line_of(text, "llamacpp-q4_0") and "*" not in line_of(text, "llamacpp-q4_0")
+    assert "90.0 → 99.0 (×1.100, range rule) *" in line_of(text, "llamacpp-q2_k")
+    assert "90.0 → 91.0 (×1.011) ?" in line_of(text, "llamacpp-q3_k_m")
+    assert "ok → (absent)" in line_of(text, "torch-fp32")
+    assert "beyond the measured noise" in text and "two-sample bootstrap" in text
+
+
+def test_accuracy_changes_on_the_same_tokens_are_exact_and_otherwise_judged_by_each_runs_stderr():
+    a = make_run("A", "1", [row("llamacpp-q8_0", 10.00, 50, (49, 51)), row("llamacpp-q4_0", 10.40, 80, (79, 81))])
+    b = copy.deepcopy(a)
+    b["run_id"] = "B"
+    b["results"][0]["accuracy"]["ppl"] = 10.05  # a new runtime version moved it: real, whatever its size
+    same = store.diff(RunRecord.from_dict(a), RunRecord.from_dict(b))
+    assert same.same_tokens
+    changes = changes_of(same)
+    assert (changes["llamacpp-q8_0", "ppl"].basis, changes["llamacpp-q8_0", "ppl"].significant) == ("exact", True)
+    assert (changes["llamacpp-q4_0", "ppl"].basis, changes["llamacpp-q4_0", "ppl"].significant) == ("exact", False)
+    assert changes["llamacpp-q4_0", "kld_mean"].basis == "exact"
+    text = report.render_diff(same)
+    assert "10.00 → 10.05 (+0.50%, exact) *" in line_of(text, "llamacpp-q8_0")
+    assert "10.40 → 10.40 (+0.00%, exact)  " in line_of(text, "llamacpp-q4_0") + "  "
+
+    b["corpus"]["ctx"] = 1024  # other windows: other tokens scored, so each run's PPL is an estimate
+    b["results"][0]["accuracy"].update(ppl=11.0, ppl_stderr=0.1)
+    b["results"][1]["accuracy"].update(ppl=10.45)
+    other = store.diff(RunRecord.from_dict(a), RunRecord.from_dict(b))
+    assert not other.same_tokens and other.context == ("corpus.ctx: 512 -> 1024",)
+    changes = changes_of(other)
+    q8 = changes["llamacpp-q8_0", "ppl"]
+    # se of ln(B/A) = hypot(0.1 / 10, 0.1 / 11) = 0.013514; 1.1 * exp(-/+ 1.96 * 0.013514) = [1.07125, 1.12953]
+    assert (q8.basis, q8.significant) == ("stderr", True)
+    assert q8.ratio_ci == pytest.approx((1.07125, 1.12953), abs=1e-4)
+    q4 = changes["llamacpp-q4_0", "ppl"]
+    assert q4.basis == "stderr" and not q4.significant and q4.ratio_ci[0] < 1 < q4.ratio_ci[1]
+
+
+def test_kld_is_not_exact_against_another_reference_even_on_the_same_tokens():
+    a = make_run("A", "1", [row("llamacpp-q8_0", 10.0, 50, (49, 51))])
+    b = copy.deepcopy(a)
+    b["run_id"], b["reference"] = "B", "torch-fp32"
+    kld = changes_of(store.diff(RunRecord.from_dict(a), RunRecord.from_dict(b)))["llamacpp-q8_0", "kld_mean"]
+    assert kld.basis is None and kld.significant is None  # the sample rows have no kld_stderr to fall back on
 
 
 def test_numpy_scalars_and_nan_are_stored_as_plain_json(db):
