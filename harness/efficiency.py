@@ -22,6 +22,10 @@ decode, so a drift in machine speed touches both alike. After the minimum
 ``budget_s`` of the speed tests' start, warm-ups included, judged by the mean
 time each test's runs took so far. A cheap decode thus keeps repeating after
 an expensive prefill has stopped.
+
+Energy is read over each timed decode run: the GPU's from NVML on a CUDA
+device, the CPU packages' from RAPL where the machine exposes it
+(``harness.energy``); either is absent, not zero, where it cannot be read.
 """
 
 from __future__ import annotations
@@ -44,11 +48,9 @@ from harness.tokenizer import speed_token_pool
 DECODE_PROMPT_TOKENS = 1  # llama-bench tg: generation starts from an empty cache
 MAX_DECODE_ATTEMPTS = 5  # prompts to try when one ends in EOS before a second token
 
-# Keys with a median over repetitions, hence a ``_spread``, a ``_ci`` and a place in ``noisy``.
+# Keys with a median over repetitions, hence a ``_spread``, a ``_ci`` and a place in ``noisy`` (energies too).
 TIMED_KEYS = Efficiency.TIMED
-REPEATED_KEYS = Efficiency.TIMED + Efficiency.ENERGY
-TESTS = ("prefill", "decode")
-STOP_KEYS = {"prefill": "prefill_tok_s", "decode": "decode_tok_s"}  # the figure whose precision ends each test
+TESTS = ("prefill", "decode")  # each repeats until its speed, prefill_tok_s or decode_tok_s, is precise
 
 
 def load_seconds(backend: Backend, clock: Callable[[], float] = time.perf_counter) -> float:
