@@ -317,7 +317,7 @@ def _changes(row_a: VariantRow | None, row_b: VariantRow | None, same: bool, sam
 
 
 def diff(run_a: RunRecord, run_b: RunRecord) -> RunDiff:
-    """Per variant (in A's order, then B's new ones), what changed in PPL, KLD, speeds and peak RSS, and whether it is real.
+    """Per variant (A's order, then B's new ones), what changed in PPL, KLD, speeds and peak RSS, and whether it is real.
 
     KLD is exact only when both runs also measured it against the same reference.
     """
