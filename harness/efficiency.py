@@ -151,15 +151,12 @@ def measure_efficiency(
     speed_wall_s = clock() - start
     values = runs.figure_values()
     figures = {key: Stats.from_values(v, unit) for key, (v, unit) in values.items()}
-    repeated: dict[str, Any] = {}
-    for key, stats in figures.items():
-        repeated.update({key: stats.median, f"{key}_spread": stats.spread, f"{key}_ci": stats.interval})
     usage = resources.usage
     return Efficiency(
         load_s=load_s,
         size_bytes=backend.variant.size_bytes,
         bits_per_weight=backend.variant.bits_per_weight,
-        **repeated,
+        **_schema_figures(figures),
         peak_rss_mb=usage.peak_rss_mb,
         cpu_util_pct=usage.cpu_util_pct,
         **_gpu_resources(runs.gpu),
@@ -171,6 +168,14 @@ def measure_efficiency(
         speed_wall_s=speed_wall_s,
         repetition_values={key: [float(x) for x in v] for key, (v, _) in values.items()},
     )
+
+
+def _schema_figures(figures: dict[str, Stats]) -> dict[str, Any]:
+    """Each figure's median, ``_spread`` and ``_ci``, as the schema names them."""
+    out: dict[str, Any] = {}
+    for key, stats in figures.items():
+        out.update({key: stats.median, f"{key}_spread": stats.spread, f"{key}_ci": stats.interval})
+    return out
 
 
 class _Runs:
