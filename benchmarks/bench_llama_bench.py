@@ -61,10 +61,11 @@ def bench_file(variant: Variant, binary: Path, threads: int, prompt_tokens: int,
             settings = bench["settings"]
             samples["bench_prefill"] += bench["prefill"]
             samples["bench_decode"] += bench["decode"]
-            eff = measure_efficiency(backend, prompt_tokens, gen_tokens, warmup=1, repetitions=reps, seed=round_, token_pool=pool)
+            eff = measure_efficiency(backend, prompt_tokens, gen_tokens, warmup=1, repetitions=reps,
+                                     max_repetitions=reps, seed=round_, token_pool=pool)  # as llama-bench's -r
             # measure_efficiency reports medians; the spread holds min and max, the per-round median is the sample.
-            samples["harness_prefill"].append(eff["prefill_tok_s"])
-            samples["harness_decode"].append(eff["decode_tok_s"])
+            samples["harness_prefill"].append(eff.prefill_tok_s)
+            samples["harness_decode"].append(eff.decode_tok_s)
         describe = backend.describe()
     finally:
         backend.close()

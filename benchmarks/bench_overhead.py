@@ -37,7 +37,8 @@ def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens
     values: dict[str, list[float]] = {"harness_prefill": [], "harness_decode": [], "direct_prefill": [], "direct_decode": []}
 
     def harness_rep(seed: int, keep: bool) -> None:
-        eff = measure_efficiency(backend, prompt_tokens, gen_tokens, warmup=0, repetitions=1, seed=seed, token_pool=pool)
+        eff = measure_efficiency(backend, prompt_tokens, gen_tokens, warmup=0, repetitions=1, seed=seed, token_pool=pool,
+                                 max_repetitions=1)  # one repetition per round: the rounds interleave
         if keep:
             values["harness_prefill"].append(eff.prefill_tok_s)
             values["harness_decode"].append(eff.decode_tok_s)

@@ -174,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     history = commands.add_parser("history", help="list the stored runs")
     _store_flag(history)
     history.set_defaults(run=_run_history)
-    show = commands.add_parser("show", help="print a stored run's table")
+    show = commands.add_parser("show", help="print a stored run's table, or one variant's divergence statistics")
     show.add_argument("run_id", metavar="RUN", help="a run id or a unique prefix of one")
+    show.add_argument("--variant", metavar="NAME", default=None,
+                      help="print this variant's statistics against the reference, as llama-perplexity lays them out")
     _store_flag(show)
     show.set_defaults(run=_run_show)
     diff = commands.add_parser("diff", help="what changed per variant between two stored runs")
@@ -208,7 +210,20 @@ def _run_history(args: argparse.Namespace) -> int:
 def _run_show(args: argparse.Namespace) -> int:
     from harness import report, store
 
-    print(report.render_text(store.load(args.run_id, args.store)))
+    run = store.load(args.run_id, args.store)
+    if args.variant is None:
+        print(report.render_text(run))
+        return 0
+    row = run.row(args.variant)
+    if row is None:
+        names = ", ".join(r.variant for r in run.results) or "none"
+        raise UserError(f"run {run.run_id} has no variant {args.variant!r}; its variants: {names}",
+                        setting="variant", value=args.variant)
+    reference_row = run.row(run.reference) if run.reference else None
+    tokens = row.accuracy.tokens_scored if row.accuracy is not None else report.ABSENT
+    print(f"run {run.run_id}: {row.variant} against {run.reference or 'no reference'}, {tokens} tokens scored "
+          f"of {run.corpus.name or report.ABSENT} (ctx {run.corpus.ctx or report.ABSENT})")
+    print("\n".join(report.divergence_lines(row, reference_row)))
     return 0
 
 

@@ -145,6 +145,9 @@ def _measure_inputs(config, reference, windows, text, tokenizer, source, prepare
         gen_tokens=config.gen_tokens,
         warmup=config.warmup,
         repetitions=config.repetitions,
+        max_repetitions=config.max_repetitions,
+        precision_target_pct=config.precision_target,
+        speed_budget_s=config.speed_budget,
         agreement_tokens=config.agreement_tokens,
         runtime_settings=config.runtime_settings(),
         record_dir=record_dir,
@@ -178,7 +181,9 @@ def _run_settings(config: CompareConfig) -> RunSettings:
     return RunSettings(
         threads=config.threads, device=config.device, max_ppl_increase_pct=config.max_ppl_increase,
         memory_budget_mb=config.memory_budget, prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens,
-        repetitions=config.repetitions, warmup=config.warmup, max_tokens=config.token_budget,
+        repetitions=config.repetitions, max_repetitions=config.max_repetitions,
+        precision_target_pct=config.precision_target, speed_budget_s=config.speed_budget,
+        warmup=config.warmup, max_tokens=config.token_budget,
         max_chunks=config.max_chunks, agreement_tokens=config.agreement_tokens, timeout_s=config.timeout,
         runtimes=config.runtime_settings_dicts(),
     )

@@ -88,7 +88,17 @@ class CompareConfig(ModelConfig):
     # speed
     prompt_tokens: int = _field(512, "prefill prompt length", group="speed", parse="positive_int", metavar="N")
     gen_tokens: int = _field(32, "tokens generated per decode run", group="speed", parse="positive_int", metavar="N")
-    repetitions: int = _field(5, "measured repetitions", group="speed", parse="positive_int", metavar="N")
+    repetitions: int = _field(3, "measured repetitions of each speed test at least; more run until the precision "
+                              "target is met, the speed budget ends or --max-repetitions", group="speed",
+                              parse="positive_int", metavar="N")
+    max_repetitions: int = _field(30, "measured repetitions of each speed test at most", group="speed",
+                                  parse="positive_int", metavar="N")
+    precision_target: float = _field(
+        3.0, "stop repeating a speed test once its 95% interval's half-width is within PCT% of its median",
+        group="speed", parse="percent", metavar="PCT")
+    speed_budget: int = _field(
+        10, "seconds per variant for the speed tests, warm-ups included; past the minimum a round starts only "
+            "when it is expected to end within them", group="speed", parse="positive_int", metavar="S")
     warmup: int = _field(1, "discarded warm-up runs", group="speed", parse="count", metavar="N")
     agreement_tokens: int = _field(16, "greedy tokens per prompt for generation agreement with the reference",
                                    group="speed", parse="positive_int", metavar="N")
@@ -119,8 +129,13 @@ class CompareConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("ctx", "stride", "max_tokens", "max_chunks", "prompt_tokens", "gen_tokens", "repetitions",
-                     "agreement_tokens", "timeout"):
+                     "max_repetitions", "speed_budget", "agreement_tokens", "timeout"):
             _at_least(self, name, 1)
+        if self.max_repetitions < self.repetitions:
+            raise UserError(f"must be at least the minimum, repetitions={self.repetitions}; raise the maximum too",
+                            setting="max_repetitions", value=self.max_repetitions)
+        if self.precision_target < 0:
+            raise UserError("must be 0 or more", setting="precision_target", value=self.precision_target)
         _at_least(self, "warmup", 0)
         if self.ctx < 2:
             raise UserError("a window needs at least 2 tokens; pass 2 or more", setting="ctx", value=self.ctx)

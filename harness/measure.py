@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from harness.config import CompareConfig
 from harness.manifest import Variant
 from harness.protocols import Window
 from harness.results import VariantRow
@@ -39,6 +40,9 @@ class MeasureInputs:
     runtime_settings: dict[str, Any] = field(default_factory=dict)  # runtime -> its settings object
     record_dir: str | None = None
     record_limit_bytes: int = 0
+    max_repetitions: int = CompareConfig.max_repetitions  # repetitions is the minimum (harness.efficiency)
+    precision_target_pct: float = CompareConfig.precision_target
+    speed_budget_s: float = CompareConfig.speed_budget
 
 
 def measure_variant(variant: Variant, inputs: MeasureInputs) -> dict[str, Any]:
@@ -64,7 +68,8 @@ def measure_variant(variant: Variant, inputs: MeasureInputs) -> dict[str, Any]:
         described = backend.describe()
         efficiency = measure_efficiency(
             backend, inputs.prompt_tokens, inputs.gen_tokens, inputs.warmup, inputs.repetitions,
-            load_s=load_s, token_pool=inputs.token_pool,
+            max_repetitions=inputs.max_repetitions, precision_target_pct=inputs.precision_target_pct,
+            budget_s=inputs.speed_budget_s, load_s=load_s, token_pool=inputs.token_pool,
         )
         accuracy = _score(backend, variant, inputs)
     finally:

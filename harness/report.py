@@ -14,6 +14,17 @@ from typing import Any, Iterable
 from tabulate import tabulate
 
 from harness.config import CompareConfig
+from harness.divergence_report import (  # noqa: F401  delta_ppl_pct and divergence_lines belong to this interface
+    DEFAULT_KLD_NOISE_FLOOR,
+    delta_ppl_interval,
+    delta_ppl_pct,
+    delta_ppl_upper,
+    divergence_lines,
+    fmt_delta_ppl,
+    indistinguishable,
+    kld_noise_floor,
+    ties_with_best,
+)
 from harness.results import RunRecord, VariantRow
 
 ABSENT = "—"
@@ -57,9 +68,14 @@ HEADERS = (
 COLALIGN = ("left", "left") + ("right",) * 10 + ("left", "left")
 
 LEGEND = (
-    "marks: ref = the reference; S = on the PPL-vs-decode-speed Pareto frontier; "
+    "marks: ref = the reference (ΔPPL % ± = half the paired 95% interval); "
+    "≈ = indistinguishable from the reference: its KLD's 95% interval reaches down to the noise floor "
+    f"(the largest KLD of another runtime's fp32 variant, else {DEFAULT_KLD_NOISE_FLOOR:g}); "
+    "S = on the PPL-vs-decode-speed Pareto frontier; "
     "M = on the PPL-vs-peak-memory Pareto frontier. "
-    "~ after a speed: noisy (max-min spread > 10% of the median)."
+    "±h% after a speed: half the width of its 95% interval (a bootstrap of the median over the repetitions), in % "
+    f"of the median; ~: that interval missed the precision target ({CompareConfig.precision_target:g}% unless "
+    "--precision-target was given): the repetitions stopped at the speed budget or the maximum count."
 )
 
 
@@ -96,14 +112,6 @@ def reference_ppl(run: RunRecord) -> float | None:
     return row.metric("ppl") if row is not None and row.ok else None
 
 
-def delta_ppl_pct(row: VariantRow, ref_ppl: float | None) -> float | None:
-    """How much higher the row's PPL is than the reference's, in percent."""
-    ppl = row.metric("ppl")
-    if ppl is None or not ref_ppl:
-        return None
-    return (ppl / ref_ppl - 1.0) * 100.0
-
-
 def frontier_names(run: RunRecord) -> dict[str, list[str]]:
     """Variant names on each frontier, keyed ``"<y>_vs_<x>"``, e.g. ``ppl_vs_decode_tok_s``."""
     return {f"{y}_vs_{x}": [r.variant for r in pareto_front(run.results, x, y)] for x, y, _ in FRONTIERS}
@@ -134,11 +142,20 @@ def fmt_signed_pct(value: float | None) -> str:
 
 
 def fmt_speed(row: VariantRow, key: str) -> str:
-    """A throughput or latency to 3 significant figures, with ``~`` when the run flagged it noisy."""
+    """A repeated figure to 3 significant figures, ``±h%`` half its 95 % interval, ``~`` when it missed the target.
+
+    ``69.5±2.1%``; ``69.5±6.3%~``. A run stored before intervals shows no ``±``
+    (its ``~`` then meant a [min, max] spread over 10 % of the median).
+    """
     value = row.metric(key)
     if value is None:
         return ABSENT
-    return fmt_sig(value, 3) + ("~" if row.is_noisy(key) else "")
+    text = fmt_sig(value, 3)
+    interval = row.efficiency.interval(key) if row.efficiency is not None else None
+    if interval is not None and value != 0:
+        half_pct = 100.0 * (interval[1] - interval[0]) / 2.0 / abs(value)
+        text += f"±{half_pct:.1f}%" if half_pct < 9.95 else f"±{half_pct:.0f}%"
+    return text + ("~" if row.is_noisy(key) else "")
 
 
 def fmt_mb(value_bytes: float | None) -> str:
@@ -153,9 +170,11 @@ def table_rows(run: RunRecord) -> list[list[str]]:
     """One list of display strings per variant, in run order, matching ``HEADERS``."""
     ref_ppl = reference_ppl(run)
     on_front = {mark: {r.variant for r in pareto_front(run.results, x, y)} for x, y, mark in FRONTIERS}
+    floor, _ = kld_noise_floor(run)
     table = []
     for row in run.results:
         marks = ["ref"] if row.variant == run.reference else []
+        marks += ["≈"] if row.variant != run.reference and indistinguishable(row, floor) else []
         marks += [mark for mark, names in on_front.items() if row.variant in names]
         table.append([
             row.runtime or ABSENT,
@@ -163,7 +182,7 @@ def table_rows(run: RunRecord) -> list[list[str]]:
             fmt_mb(row.metric("size_bytes")),
             _fixed(row.metric("bits_per_weight"), 2),
             fmt_ppl(row),
-            fmt_signed_pct(delta_ppl_pct(row, ref_ppl)),
+            fmt_delta_ppl(row, ref_ppl, run.reference),
             fmt_sig(row.metric("kld_mean"), 3),
             _fixed(row.metric("top1_agreement"), 1),
             fmt_speed(row, "prefill_tok_s"),
@@ -194,53 +213,67 @@ def resolve_settings(
     return float(max_ppl_increase_pct), memory_budget_mb
 
 
-def _describe(row: VariantRow, ref_ppl: float | None) -> str:
-    delta = delta_ppl_pct(row, ref_ppl)
-    delta_text = "" if delta is None else f" ({delta:+.2f}%)"
+def _describe(row: VariantRow, ref_ppl: float | None, reference: str | None = None) -> str:
+    delta_text = fmt_delta_ppl(row, ref_ppl, reference)
+    delta_text = "" if delta_text == ABSENT else f" ({delta_text}%)"
     return f"PPL {fmt_sig(row.metric('ppl'), 4)}{delta_text}"
 
 
 def _within_limit_lines(run: RunRecord, scored: list[VariantRow], max_pct: float) -> list[str]:
-    """The fastest and the smallest variant within the PPL limit of the reference."""
+    """The fastest and the smallest variant whose ΔPPL interval lies within the limit (its upper end)."""
     ref_ppl = reference_ppl(run)
     if run.reference is None:
         return [f"No reference variant (--reference none): nothing to measure a +{max_pct:g}% PPL limit against."]
     if ref_ppl is None:
         return [f"No PPL for the reference {run.reference}: cannot judge which variants are within +{max_pct:g}% PPL."]
-    within = [r for r in scored if r.metric("ppl") <= ref_ppl * (1 + max_pct / 100)]
-    label = f"within +{max_pct:g}% PPL of {run.reference}"
+    upper = {r.variant: delta_ppl_upper(r, ref_ppl, run.reference) for r in scored}
+    within = [r for r in scored if upper[r.variant] is not None and upper[r.variant] <= max_pct]
+    paired = any(r.variant != run.reference and delta_ppl_interval(r, run.reference) for r in scored)
+    label = f"within +{max_pct:g}% PPL of {run.reference}" + (" (95% upper bound)" if paired else "")
     lines = []
     fast = [r for r in within if r.metric("decode_tok_s") is not None]
     if fast:
         best = max(fast, key=lambda r: r.metric("decode_tok_s"))
         lines.append(f"Fastest {label}: {best.variant}, {fmt_sig(best.metric('decode_tok_s'), 3)} decode tok/s, "
-                     f"{_describe(best, ref_ppl)}.")
+                     f"{_describe(best, ref_ppl, run.reference)}.")
     else:
         lines.append(f"Fastest {label}: none has a decode speed.")
     sized = [r for r in within if r.metric("size_bytes") is not None]
     if sized:
         best = min(sized, key=lambda r: r.metric("size_bytes"))
         lines.append(f"Smallest {label}: {best.variant}, {fmt_mb(best.metric('size_bytes'))} MB, "
-                     f"{_describe(best, ref_ppl)}.")
+                     f"{_describe(best, ref_ppl, run.reference)}.")
     else:
         lines.append(f"Smallest {label}: none has a size.")
     return lines
 
 
-def _memory_line(run: RunRecord, scored: list[VariantRow], budget_mb: float | None) -> list[str]:
-    """The most accurate variant, under the memory budget when there is one."""
+def _most_accurate(run: RunRecord, rows: list[VariantRow], scope: str, tail=None) -> str:
+    """The lowest-PPL row of ``rows``, with every row tied with it within noise (``ties_with_best``).
+
+    ``scope`` reads after "Most accurate", e.g. "under 800 MB peak memory" or
+    "(no memory budget set)"; ``tail(row)`` adds to the best row's details.
+    """
     ref_ppl = reference_ppl(run)
+    # Lowest PPL; among equal PPLs the one known most precisely (the reference itself before its twins).
+    best = min(rows, key=lambda r: (r.metric("ppl"), r.metric("delta_nll_stderr") or 0.0))
+    tied = sorted(ties_with_best(best, rows, run.reference), key=lambda r: r.metric("ppl"))
+    details = _describe(best, ref_ppl, run.reference) + (tail(best) if tail else "")
+    if len(tied) == 1:
+        return f"Most accurate {scope}: {best.variant}, {details}."
+    scope = f"{scope[:-1]}; tied within noise)" if scope.endswith(")") else f"{scope} (tied within noise)"
+    return f"Most accurate {scope}: {', '.join(r.variant for r in tied)}; lowest PPL {best.variant}, {details}."
+
+
+def _memory_line(run: RunRecord, scored: list[VariantRow], budget_mb: float | None) -> list[str]:
+    """The most accurate variants, under the memory budget when there is one; ties within noise named together."""
     if budget_mb is None:
-        if not scored:
-            return []
-        best = min(scored, key=lambda r: r.metric("ppl"))
-        return [f"Most accurate (no memory budget set): {best.variant}, {_describe(best, ref_ppl)}."]
+        return [_most_accurate(run, scored, "(no memory budget set)")] if scored else []
     measured = [r for r in scored if r.metric("peak_rss_mb") is not None]
     fitting = [r for r in measured if r.metric("peak_rss_mb") <= budget_mb]
     if fitting:
-        best = min(fitting, key=lambda r: r.metric("ppl"))
-        return [f"Most accurate under {budget_mb:g} MB peak memory: {best.variant}, {_describe(best, ref_ppl)}, "
-                f"peak RSS {best.metric('peak_rss_mb'):.0f} MB."]
+        return [_most_accurate(run, fitting, f"under {budget_mb:g} MB peak memory",
+                               lambda r: f", peak RSS {r.metric('peak_rss_mb'):.0f} MB")]
     if measured:
         least = min(measured, key=lambda r: r.metric("peak_rss_mb"))
         return [f"No variant fits in {budget_mb:g} MB peak memory; the least is {least.variant} "
@@ -254,7 +287,10 @@ def recommendations(
     """Lines answering "which variant should I use?", then one line per failed or unavailable variant.
 
     Arguments left as None come from ``run.settings``. Memory means peak RSS;
-    without a budget the most accurate variant overall is named.
+    without a budget the most accurate variant overall is named. "Within +5%"
+    means the upper end of the paired 95 % ΔPPL interval is within 5 %; the
+    most accurate line names together every variant whose difference from the
+    lowest PPL is not significant (``divergence_report.ties_with_best``).
     """
     max_pct, budget_mb = resolve_settings(run, max_ppl_increase_pct, memory_budget_mb)
     scored = [r for r in run.results if r.ok and r.metric("ppl") is not None]
@@ -266,11 +302,17 @@ def recommendations(
 
 
 def summary(run: RunRecord) -> dict[str, Any]:
-    """What the report derives from a run, as plain data: ΔPPL, frontiers, recommendation lines."""
+    """What the report derives from a run, as plain data: ΔPPL, the KLD noise floor, frontiers, recommendations."""
     ref_ppl = reference_ppl(run)
+    floor, floor_source = kld_noise_floor(run)
     return {
         "reference_ppl": ref_ppl,
         "delta_ppl_pct": {r.variant: delta_ppl_pct(r, ref_ppl) for r in run.results},
+        "kld_noise_floor": floor,
+        "kld_noise_floor_source": floor_source,
+        "indistinguishable_from_reference": [
+            r.variant for r in run.results if r.variant != run.reference and indistinguishable(r, floor)
+        ],
         "pareto": frontier_names(run),
         "recommendations": recommendations(run),
     }
@@ -320,22 +362,41 @@ def render_history(runs: list) -> str:
 
 _DIFF_SIG = {"ppl": 4, "kld_mean": 3, "prefill_tok_s": 3, "decode_tok_s": 3, "peak_rss_mb": 3}
 _NOISE_MARK = {True: " *", False: "", None: " ?"}
+_JUDGED = ("ppl", "kld_mean", "prefill_tok_s", "decode_tok_s")  # the metrics a diff says are real or not
+DIFF_LEGEND = (
+    "B/A: the ratio of run B's figure to run A's with its 95% interval; * = a change beyond the measured noise, "
+    "no mark = within it, ? = cannot be judged (a run lacks the repetitions or the standard error). "
+    "Speeds: the ratio of the medians, its interval a two-sample bootstrap of the two runs' repetitions, * when it "
+    "leaves out 1 (runs stored without repetitions: `range rule`, * when the [min, max] ranges do not overlap). "
+    "PPL, KLD: `exact` when both runs scored the same tokens (same model file, corpus and windows; for KLD the same "
+    "reference too): accuracy is then deterministic and any difference is real; otherwise the interval comes from "
+    "each run's standard error."
+)
 
 
 def _diff_cell(change) -> str:
+    """``a → b`` with B/A and its interval (or how the change was judged) and its mark."""
     sig = _DIFF_SIG.get(change.key, 4)
     if change.a is None and change.b is None:
         return ABSENT
     text = f"{fmt_sig(change.a, sig)} → {fmt_sig(change.b, sig)}"
-    if change.delta_pct is not None:
-        text += f" ({change.delta_pct:+.1f}%)"
-    if change.is_speed and change.a is not None and change.b is not None:
-        text += _NOISE_MARK[change.beyond_noise]
-    return text
+    if change.ratio is None:
+        return text
+    if change.basis == "exact":
+        text += f" ({change.delta_pct:+.2f}%, exact)"
+    elif change.ratio_ci is not None:
+        text += f" (×{change.ratio:.3f} [{change.ratio_ci[0]:.3f}, {change.ratio_ci[1]:.3f}])"
+    elif change.basis == "range":
+        text += f" (×{change.ratio:.3f}, range rule)"
+    elif change.key in _JUDGED:
+        text += f" (×{change.ratio:.3f})"
+    else:
+        return text + f" ({change.delta_pct:+.1f}%)"
+    return text + _NOISE_MARK[change.significant]
 
 
 def render_diff(run_diff) -> str:
-    """What changed from run A to run B (``store.RunDiff``), per variant, with the speed noise verdicts."""
+    """What changed from run A to run B (``store.RunDiff``), per variant, each change judged real or not."""
     lines = [f"A = {run_diff.run_a}, B = {run_diff.run_b}"]
     if run_diff.context:
         lines.append("The runs differ in: " + "; ".join(run_diff.context))
@@ -346,8 +407,5 @@ def render_diff(run_diff) -> str:
         table.append([v.variant, status] + [_diff_cell(c) for c in v.changes])
     headers = ("variant", "status", "PPL", "KLD", "prefill tok/s", "decode tok/s", "peak RSS MB")
     lines.append(tabulate(table, headers=headers, disable_numparse=True))
-    lines.append(
-        "speeds: * = beyond the measured noise (the [min, max] ranges of the two runs' repetitions do not overlap); "
-        "no mark = within it; ? = a run has no spread."
-    )
+    lines.append(DIFF_LEGEND)
     return "\n".join(lines) + "\n"

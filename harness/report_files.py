@@ -62,8 +62,12 @@ def _flat_row(row: VariantRow, ref_ppl: float | None) -> dict:
     flat["delta_ppl_pct"] = report.delta_ppl_pct(row, ref_ppl)
     for section in (row.accuracy, row.efficiency):
         for key, value in (section.to_dict() if section is not None else {}).items():
+            if key == "delta_ppl_pct":
+                continue  # the column above: the report's value, which the reference has too (0)
             if key.endswith("_spread") and isinstance(value, (list, tuple)) and len(value) == 2:
                 flat[f"{key}_min"], flat[f"{key}_max"] = value
+            elif key.endswith("_ci") and isinstance(value, (list, tuple)) and len(value) == 2:
+                flat[f"{key}_low"], flat[f"{key}_high"] = value
             elif isinstance(value, (list, tuple, dict)):
                 flat[key] = json.dumps(value)  # e.g. generation_divergence, noisy
             else:
@@ -72,7 +76,10 @@ def _flat_row(row: VariantRow, ref_ppl: float | None) -> dict:
 
 
 def results_csv(run: RunRecord) -> str:
-    """One CSV line per variant: identity, ΔPPL %, then every accuracy and efficiency key (spreads as _min/_max)."""
+    """One CSV line per variant: identity, ΔPPL %, then every accuracy and efficiency key.
+
+    Spreads become ``_min``/``_max`` columns and intervals ``_ci_low``/``_ci_high``.
+    """
     ref_ppl = report.reference_ppl(run)
     flats = [_flat_row(row, ref_ppl) for row in run.results]
     columns = list(dict.fromkeys(key for flat in flats for key in flat))

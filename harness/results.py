@@ -63,7 +63,11 @@ class _Record:
 
 @dataclass(frozen=True)
 class Accuracy(_Record):
-    """How well a variant predicts the text, and (against a reference) how far it moved."""
+    """How well a variant predicts the text, and (against a reference) how far it moved.
+
+    Definitions, and how each relates to llama-perplexity's printout, are in
+    ``harness.accuracy`` and ``harness.divergence_stats``.
+    """
 
     ppl: float | None = None
     ppl_stderr: float | None = None
@@ -73,63 +77,134 @@ class Accuracy(_Record):
     byte_ppl: float | None = None
     bits_per_byte: float | None = None
     # Against the reference; None for the reference itself and for a run without one.
+    # Paired over the same tokens: d = nll_variant - nll_reference per token.
+    delta_nll_mean: float | None = None  # mean d = ln(PPL / PPL_ref)
+    delta_nll_stderr: float | None = None  # standard error of mean d
+    delta_ppl_pct: float | None = None  # 100 (exp(mean d) - 1)
+    delta_ppl_pct_ci: list[float] | None = None  # [low, high], 95 %: 100 (exp(mean d -/+ 1.96 stderr) - 1)
+    nll_correlation: float | None = None  # Pearson r of the two runs' per-token NLL
+    delta_bits_per_byte: float | None = None  # sum d / ln 2 / bytes
+    delta_bits_per_byte_ci: list[float] | None = None  # [low, high], 95 %
+    paired_sums: dict[str, float] | None = None  # the streamed sums the paired figures come from
     kld_mean: float | None = None
     kld_stderr: float | None = None
-    kld_p50: float | None = None
-    kld_p90: float | None = None
-    kld_p99: float | None = None
     kld_max: float | None = None
+    kld_p999: float | None = None
+    kld_p99: float | None = None
+    kld_p95: float | None = None
+    kld_p90: float | None = None
+    kld_p50: float | None = None
+    kld_p10: float | None = None
+    kld_p05: float | None = None
+    kld_p01: float | None = None
+    kld_p001: float | None = None
+    kld_min: float | None = None
     top1_agreement: float | None = None  # percent
+    top1_agreement_stderr: float | None = None  # percent, binomial
+    # Δp = p_variant(target) - p_reference(target): a probability (llama.cpp prints it in %).
     delta_p_mean: float | None = None
+    delta_p_stderr: float | None = None
+    delta_p_max: float | None = None
+    delta_p_p999: float | None = None
+    delta_p_p99: float | None = None
+    delta_p_p95: float | None = None
+    delta_p_p90: float | None = None
+    delta_p_p75: float | None = None
+    delta_p_p50: float | None = None
+    delta_p_p25: float | None = None
+    delta_p_p10: float | None = None
+    delta_p_p05: float | None = None
+    delta_p_p01: float | None = None
+    delta_p_p001: float | None = None
+    delta_p_min: float | None = None
     delta_p_rms: float | None = None
+    delta_p_rms_stderr: float | None = None
     generation_divergence: list[int | None] | None = None  # per prompt: first differing position, None if identical
     wall_s: float | None = None
 
 
 @dataclass(frozen=True)
 class Efficiency(_Record):
-    """Load, speed, latency and resources of a variant; each timed figure a median with its [min, max]."""
+    """Load, speed, latency and resources of a variant.
+
+    Each repeated figure (``TIMED``, and the energies where measured) is the
+    median of its repetitions with its ``_spread`` [min, max] and ``_ci``, the
+    95 % interval of the median (``harness.stats``); ``repetition_values``
+    keeps the values themselves, so two runs can be compared (``store.diff``).
+    Runs stored before the intervals have no ``_ci`` and no values.
+    """
 
     TIMED: ClassVar[tuple[str, ...]] = (
         "prefill_tok_s", "decode_tok_s", "ttft_ms", "itl_p50_ms", "itl_p90_ms", "itl_p99_ms",
     )
+    ENERGY: ClassVar[tuple[str, ...]] = ("energy_j", "energy_per_token_j", "cpu_energy_j", "cpu_energy_per_token_j")
 
     load_s: float | None = None
     size_bytes: int | None = None
     bits_per_weight: float | None = None
     prefill_tok_s: float | None = None
     prefill_tok_s_spread: list[float] | None = None
+    prefill_tok_s_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
     decode_tok_s: float | None = None
     decode_tok_s_spread: list[float] | None = None
+    decode_tok_s_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
     ttft_ms: float | None = None
     ttft_ms_spread: list[float] | None = None
+    ttft_ms_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
     # Inter-token latency: absent when one token is generated (no gap to time).
     itl_p50_ms: float | None = field(default=None, metadata=_OPTIONAL)
     itl_p50_ms_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    itl_p50_ms_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
     itl_p90_ms: float | None = field(default=None, metadata=_OPTIONAL)
     itl_p90_ms_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    itl_p90_ms_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
     itl_p99_ms: float | None = field(default=None, metadata=_OPTIONAL)
     itl_p99_ms_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    itl_p99_ms_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
     peak_rss_mb: float | None = None
     cpu_util_pct: float | None = None  # 100 = one core
-    # On an NVIDIA GPU only.
+    # On an NVIDIA GPU only; energy over the timed decode runs.
     gpu_peak_mem_mb: float | None = field(default=None, metadata=_OPTIONAL)
     gpu_util_pct: float | None = field(default=None, metadata=_OPTIONAL)
     energy_j: float | None = field(default=None, metadata=_OPTIONAL)
     energy_j_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    energy_j_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
     energy_per_token_j: float | None = field(default=None, metadata=_OPTIONAL)
     energy_per_token_j_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
-    noisy: list[str] = field(default_factory=list)  # timed keys whose spread exceeds 10% of the median
+    energy_per_token_j_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    # CPU package energy (RAPL) over the timed decode runs, where the machine lets it be read.
+    cpu_energy_j: float | None = field(default=None, metadata=_OPTIONAL)
+    cpu_energy_j_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    cpu_energy_j_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    cpu_energy_per_token_j: float | None = field(default=None, metadata=_OPTIONAL)
+    cpu_energy_per_token_j_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    cpu_energy_per_token_j_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    noisy: list[str] = field(default_factory=list)  # repeated figures whose interval missed the precision target
+    precision_target_pct: float | None = field(default=None, metadata=_OPTIONAL)  # interval half-width, % of median
     prompt_tokens: int | None = None
     gen_tokens: int | None = None
-    repetitions: int | None = None
+    repetitions: int | None = None  # measured rounds; a test within its target sits out the later ones
+    speed_wall_s: float | None = field(default=None, metadata=_OPTIONAL)  # the speed tests, warm-ups included
+    repetition_values: dict[str, list[float]] | None = field(default=None, metadata=_OPTIONAL)  # figure -> values
 
     def spread(self, key: str) -> tuple[float, float] | None:
-        """``[min, max]`` of a timed figure over the repetitions, or None."""
-        value = getattr(self, f"{key}_spread", None)
-        if isinstance(value, (list, tuple)) and len(value) == 2 and None not in value:
-            return float(value[0]), float(value[1])
-        return None
+        """``[min, max]`` of a repeated figure over the repetitions, or None."""
+        return _pair(getattr(self, f"{key}_spread", None))
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        """The 95 % interval of a repeated figure's median, or None (a run stored before intervals)."""
+        return _pair(getattr(self, f"{key}_ci", None))
+
+    def values(self, key: str) -> list[float] | None:
+        """The measured repetitions of a figure, or None (a run stored before they were kept)."""
+        values = (self.repetition_values or {}).get(key)
+        return [float(v) for v in values] if values else None
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and None not in value:
+        return float(value[0]), float(value[1])
+    return None
 
 
 @dataclass(frozen=True)
@@ -206,7 +281,10 @@ class RunSettings(_Record):
     memory_budget_mb: float | None = None
     prompt_tokens: int | None = None
     gen_tokens: int | None = None
-    repetitions: int | None = None
+    repetitions: int | None = None  # the minimum
+    max_repetitions: int | None = None
+    precision_target_pct: float | None = None
+    speed_budget_s: float | None = None
     warmup: int | None = None
     max_tokens: int | None = None
     max_chunks: int | None = None

@@ -18,7 +18,7 @@ import pytest
 # One variant per runtime and the reference; tiny speed budgets (the figures are not judged here).
 # One thread: OpenMP runtimes slow down many times over when another job holds the other core.
 VARIANTS = "llamacpp-q4_k_m,ort-int4,torch-bf16"
-SMALL_BUDGET = ("--max-tokens", "1024", "--repetitions", "2", "--warmup", "0",
+SMALL_BUDGET = ("--max-tokens", "1024", "--repetitions", "2", "--max-repetitions", "2", "--warmup", "0",
                 "--prompt-tokens", "32", "--gen-tokens", "8", "--threads", "1")
 REPORT_FILES = ("report.json", "results.csv", "report.md", "tradeoff.png", "report.html", "results.jsonl")
 ACCURACY_KEYS = ("ppl", "ppl_stderr", "nll_mean", "word_ppl", "bits_per_byte", "kld_mean", "kld_p99",
@@ -81,6 +81,8 @@ def test_report_json_follows_the_documented_schema(two_runs):
         for key in TIMED_KEYS:
             low, high = row["efficiency"][f"{key}_spread"]
             assert low <= row["efficiency"][key] <= high, (name, key)
+            assert row["efficiency"][f"{key}_ci"] == [low, high], (name, key)  # 2 repetitions: the interval is the range
+            assert len(row["efficiency"]["repetition_values"][key]) == 2, (name, key)
         assert "gpu_peak_mem_mb" not in row["efficiency"]  # no GPU here: absent, not zero
         assert row["backend"]["threads"] == 1, (name, row["backend"])  # --threads reaches every runtime
     # The reference has no divergence from itself; every other variant has one, and quantization costs some.
