@@ -97,7 +97,7 @@ class CompareConfig(ModelConfig):
         3.0, "stop repeating a speed test once its 95% interval's half-width is within PCT% of its median",
         group="speed", parse="percent", metavar="PCT")
     speed_budget: int = _field(
-        10, "seconds per variant for the speed tests, warm-ups included; past the minimum a round starts only "
+        6, "seconds per variant for the speed tests, warm-ups included; past the minimum a round starts only "
             "when it is expected to end within them", group="speed", parse="positive_int", metavar="S")
     warmup: int = _field(1, "discarded warm-up runs", group="speed", parse="count", metavar="N")
     agreement_tokens: int = _field(16, "greedy tokens per prompt for generation agreement with the reference",
