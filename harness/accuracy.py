@@ -86,10 +86,8 @@ def score_variant(
     ``generation_divergence`` when there is a reference. ``wall_s`` times the
     whole call: scoring, and generation when there are prompts.
     """
-    if reference is backend:
-        raise ValueError("reference is the scored backend itself; pass reference=None for the reference's own row")
-    if record is not None and reference is not None:
-        raise ValueError("record the reference's own pass: pass record with reference=None")
+    if reference is backend or (record is not None and reference is not None):
+        raise ValueError("score (and record) the reference's own row with reference=None, not against itself")
     start_s = clock()
     nll = RunningStats()
     against = ReferenceComparison() if reference is not None else None

@@ -103,6 +103,12 @@ class RepetitionPlan:
                              f"budget_s={self.budget_s} > 0")
 
 
+def _prompt_drawer(pool, seed: int) -> Callable[[int], np.ndarray]:
+    """``draw(n)``: n token ids from ``pool``, a fresh random prompt each call (no prefix cache can serve it)."""
+    ids, rng = np.asarray(pool), np.random.default_rng(seed)
+    return lambda n: rng.choice(ids, size=n).astype(np.int64)
+
+
 def measure_efficiency(
     backend: Backend,
     prompt_tokens: int = CompareConfig.prompt_tokens,
@@ -130,17 +136,11 @@ def measure_efficiency(
     ``token_pool`` overrides the ids drawn from the variant's tokenizer;
     ``powercap_root`` is where the CPU energy counters are read (``harness.energy``).
     """
-    if prompt_tokens < 1 or gen_tokens < 1:
-        raise ValueError(f"prompt_tokens={prompt_tokens} and gen_tokens={gen_tokens} must be at least 1")
-    if warmup < 0:
-        raise ValueError(f"warmup={warmup} must be >= 0")
+    if prompt_tokens < 1 or gen_tokens < 1 or warmup < 0:
+        raise ValueError(f"prompt_tokens={prompt_tokens} and gen_tokens={gen_tokens} must be at least 1, "
+                         f"warmup={warmup} at least 0")
     plan = RepetitionPlan(repetitions, max_repetitions, precision_target_pct, budget_s)
-    pool = speed_token_pool(backend.variant.tokenizer_path) if token_pool is None else np.asarray(token_pool)
-    rng = np.random.default_rng(seed)
-
-    def draw(n: int) -> np.ndarray:
-        return rng.choice(pool, size=n).astype(np.int64)
-
+    draw = _prompt_drawer(speed_token_pool(backend.variant.tokenizer_path) if token_pool is None else token_pool, seed)
     start = clock()
     for _ in range(warmup):
         _prefill_seconds(backend, draw(prompt_tokens))

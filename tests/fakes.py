@@ -42,6 +42,23 @@ def fake_variant(name: str = "fake-fp32", runtime: str = "fake", precision: str 
     return Variant(**values)
 
 
+class TimingOnlyBackend(Backend):
+    """A backend for the speed tests alone: subclasses script ``generate``; it scores nothing."""
+
+    def load(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": self.runtime}
+
+    def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def _generate(self, prompt_ids, max_new_tokens, stamp):
+        raise NotImplementedError
+
+
 class FakeBackend(Backend):
     """Logits from a seeded function of the prefix; greedy decoding by argmax; stops at EOS."""
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from fakes import FakeBackend, fake_variant
+from fakes import TimingOnlyBackend, FakeBackend, fake_variant
 
-from harness.backends.base import Backend, Generation
+from harness.backends.base import Generation
 from harness.config import CompareConfig
 from harness.efficiency import TIMED_KEYS, load_seconds, measure_efficiency
 from harness.monitor import GpuMonitor, ResourceMonitor, nvml_available
@@ -82,7 +81,7 @@ def test_gpu_monitor_without_nvidia_driver_yields_no_keys_not_zeros():
 
 
 # ---- efficiency -------------------------------------------------------------------------------
-class ScriptedBackend(Backend):
+class ScriptedBackend(TimingOnlyBackend):
     """Generations with scripted clock stamps, so throughput and latency have exact expected values.
 
     Each ``generate`` call takes the next seconds-per-token from ``step_s``; a
@@ -99,19 +98,6 @@ class ScriptedBackend(Backend):
         self.calls = 0
         self.prompts: list[np.ndarray] = []
         self.budgets: list[int] = []  # max_new_tokens of each call
-
-    def load(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def describe(self) -> dict[str, Any]:
-        return {"runtime": self.runtime}
-
-    def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
-        raise NotImplementedError
-
-    def _generate(self, prompt_ids, max_new_tokens, stamp):
-        raise NotImplementedError
 
     def generate(self, prompt_ids, max_new_tokens: int) -> Generation:
         step = self.step_s[self.calls % len(self.step_s)]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from itertools import cycle
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
-from fakes import fake_variant
+from fakes import TimingOnlyBackend, fake_variant
 
-from harness.backends.base import Backend, Generation
+from harness.backends.base import Generation
 from harness.efficiency import RepetitionPlan, measure_efficiency
 
 PROMPT_TOKENS = 100
@@ -31,7 +31,7 @@ class FakeClock:
         return self.now
 
 
-class ClockedBackend(Backend):
+class ClockedBackend(TimingOnlyBackend):
     """A prefill takes ``prefill_s``; each decode runs at the next speed of ``decode_tok_s`` (cycled).
 
     Every call moves the shared fake clock to its last token's stamp, so the
@@ -49,19 +49,6 @@ class ClockedBackend(Backend):
         self.speeds = cycle(decode_tok_s)
         self.on_run = on_run
         self.calls: list[str] = []
-
-    def load(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def describe(self) -> dict[str, Any]:
-        return {"runtime": self.runtime}
-
-    def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
-        raise NotImplementedError
-
-    def _generate(self, prompt_ids, max_new_tokens, stamp):
-        raise NotImplementedError
 
     def generate(self, prompt_ids, max_new_tokens: int) -> Generation:
         start = self.clock.now
