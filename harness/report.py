@@ -79,31 +79,32 @@ LEGEND = (
 )
 
 
+def pareto_names(points: dict[str, tuple[float, float]], x_larger: bool, y_larger: bool) -> list[str]:
+    """The names no other point beats on both coordinates, sorted by x ascending.
+
+    A point is dominated when another is at least as good on both and strictly
+    better on one, so identical points all stay on the frontier.
+    """
+    sign_x, sign_y = (-1.0 if x_larger else 1.0), (-1.0 if y_larger else 1.0)  # make smaller better on both
+    costs = {name: (sign_x * x, sign_y * y) for name, (x, y) in points.items()}
+    front = [name for name, (x, y) in costs.items()
+             if not any(ox <= x and oy <= y and (ox < x or oy < y) for ox, oy in costs.values())]
+    return sorted(front, key=lambda name: points[name][0])
+
+
 def pareto_front(rows: Iterable[VariantRow], x_key: str, y_key: str) -> list[VariantRow]:
     """The ok rows no other ok row beats on both ``x_key`` and ``y_key``, sorted by x ascending.
 
     Directions come from ``LARGER_IS_BETTER`` (e.g. more decode tok/s, lower
-    PPL). A row is dominated when another is at least as good on both keys and
-    strictly better on one, so rows with identical values all stay on the
-    frontier. Rows lacking either value are left out.
+    PPL). Rows lacking either value are left out.
     """
     for key in (x_key, y_key):
         if key not in LARGER_IS_BETTER:
             raise ValueError(f"pareto_front: no known direction for {key!r}; use one of {sorted(LARGER_IS_BETTER)}")
-    # Negate larger-is-better metrics so "smaller is better" holds for both.
-    sign_x = -1.0 if LARGER_IS_BETTER[x_key] else 1.0
-    sign_y = -1.0 if LARGER_IS_BETTER[y_key] else 1.0
-    points = []
-    for row in rows:
-        x, y = row.metric(x_key), row.metric(y_key)
-        if row.ok and x is not None and y is not None:
-            points.append((sign_x * x, sign_y * y, row))
-    front = [
-        (x, y, row)
-        for x, y, row in points
-        if not any(ox <= x and oy <= y and (ox < x or oy < y) for ox, oy, _ in points)
-    ]
-    return [row for _, _, row in sorted(front, key=lambda p: sign_x * p[0])]
+    by_name = {row.variant: row for row in rows
+               if row.ok and row.metric(x_key) is not None and row.metric(y_key) is not None}
+    points = {name: (row.metric(x_key), row.metric(y_key)) for name, row in by_name.items()}
+    return [by_name[name] for name in pareto_names(points, LARGER_IS_BETTER[x_key], LARGER_IS_BETTER[y_key])]
 
 
 def reference_ppl(run: RunRecord) -> float | None:

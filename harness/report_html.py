@@ -102,19 +102,6 @@ def metric_interval(row: VariantRow, key: str, ref_ppl: float | None) -> tuple[f
     return None if spread is None else (spread[0], spread[1], SPREAD)
 
 
-def pareto_names(points: dict[str, tuple[float, float]], x_larger: bool, y_larger: bool) -> list[str]:
-    """The names no other point beats on both coordinates (ties all stay), sorted by x ascending.
-
-    The rule of ``report.pareto_front``, for any pair of figures (it accepts only
-    the keys ``report.LARGER_IS_BETTER`` knows).
-    """
-    sx, sy = (-1.0 if x_larger else 1.0), (-1.0 if y_larger else 1.0)
-    costs = {name: (sx * x, sy * y) for name, (x, y) in points.items()}
-    front = [name for name, (x, y) in costs.items()
-             if not any(ox <= x and oy <= y and (ox < x or oy < y) for ox, oy in costs.values())]
-    return sorted(front, key=lambda name: points[name][0])
-
-
 def _fmt_figure(value: float | None, interval: tuple[float, float, str] | None) -> str:
     if value is None:
         return report.ABSENT
@@ -151,7 +138,7 @@ def plot_data(run: RunRecord) -> dict[str, Any]:
     for x in (a["key"] for a in axes["x"]):
         for y in (a["key"] for a in axes["y"]):
             both = {name: (values[x][name], values[y][name]) for name in values[x] if name in values[y]}
-            frontiers[f"{x}|{y}"] = pareto_names(both, LARGER_IS_BETTER[x], LARGER_IS_BETTER[y])
+            frontiers[f"{x}|{y}"] = report.pareto_names(both, LARGER_IS_BETTER[x], LARGER_IS_BETTER[y])
     keys = [a["key"] for a in axes["x"] + axes["y"]]
     default = [k if k in keys else (axes[side][0]["key"] if axes[side] else None)
                for k, side in zip(DEFAULT_AXES, ("x", "y"))]

@@ -317,7 +317,7 @@ def test_report_html_sorts_switches_axes_and_opens_details_in_chromium(tmp_path)
         state = browser.evaluate(PLOT_STATE)
         assert state["xs"]["ort-int4"] == 480 and state["xs"]["torch-bf16"] == 72
         values = {r.variant: (r.metric("prefill_tok_s"), r.metric("ppl")) for r in run.results if r.ok}
-        front = report_html.pareto_names(values, True, False)
+        front = report.pareto_names(values, True, False)
         assert state["frontier"] == [values[name][0] for name in front] and len(front) > 1
         # Error bars from the intervals: the 95% one where the run has it, else the repetitions' min–max.
         _, high, _ = report_html.metric_interval(run.row("ort-int4"), "prefill_tok_s", 10.0)
