@@ -232,20 +232,18 @@ def _within_limit_lines(run: RunRecord, scored: list[VariantRow], max_pct: float
     paired = any(r.variant != run.reference and delta_ppl_interval(r, run.reference) for r in scored)
     label = f"within +{max_pct:g}% PPL of {run.reference}" + (" (95% upper bound)" if paired else "")
     lines = []
-    fast = [r for r in within if r.metric("decode_tok_s") is not None]
-    if fast:
-        best = max(fast, key=lambda r: r.metric("decode_tok_s"))
-        lines.append(f"Fastest {label}: {best.variant}, {fmt_sig(best.metric('decode_tok_s'), 3)} decode tok/s, "
+    # (first word, metric, pick the best, how the figure reads, what is missing)
+    for word, key, pick, shown, missing in (
+        ("Fastest", "decode_tok_s", max, lambda v: f"{fmt_sig(v, 3)} decode tok/s", "a decode speed"),
+        ("Smallest", "size_bytes", min, lambda v: f"{fmt_mb(v)} MB", "a size"),
+    ):
+        candidates = [r for r in within if r.metric(key) is not None]
+        if not candidates:
+            lines.append(f"{word} {label}: none has {missing}.")
+            continue
+        best = pick(candidates, key=lambda r: r.metric(key))
+        lines.append(f"{word} {label}: {best.variant}, {shown(best.metric(key))}, "
                      f"{_describe(best, ref_ppl, run.reference)}.")
-    else:
-        lines.append(f"Fastest {label}: none has a decode speed.")
-    sized = [r for r in within if r.metric("size_bytes") is not None]
-    if sized:
-        best = min(sized, key=lambda r: r.metric("size_bytes"))
-        lines.append(f"Smallest {label}: {best.variant}, {fmt_mb(best.metric('size_bytes'))} MB, "
-                     f"{_describe(best, ref_ppl, run.reference)}.")
-    else:
-        lines.append(f"Smallest {label}: none has a size.")
     return lines
 
 

@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any, Iterable
 
 from harness import report
-from harness.results import Efficiency, RunRecord, VariantRow
+from harness.results import Efficiency, RunRecord, VariantRow, finite_pair
 
 RUNTIME_COLOURS = {"torch": "#1f77b4", "ort": "#2ca02c", "llamacpp": "#d62728"}
 OTHER_COLOUR = "#9467bd"
@@ -54,26 +54,12 @@ CI_95, SPREAD = "95% interval", "min–max over the repetitions"
 _LEADING_NUMBER = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def _field(row: VariantRow, name: str) -> Any:
     """``name`` from the row's accuracy or efficiency section; None when neither has it (older runs)."""
     for section in (row.accuracy, row.efficiency):
         value = getattr(section, name, None)
         if value is not None:
             return value
-    return None
-
-
-def _pair(value: Any) -> tuple[float, float] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        low, high = _finite(value[0]), _finite(value[1])
-        if low is not None and high is not None:
-            return low, high
     return None
 
 
@@ -95,10 +81,10 @@ def metric_interval(row: VariantRow, key: str, ref_ppl: float | None) -> tuple[f
     if key in STDERR_OF:
         stderr = row.metric(STDERR_OF[key])
         return None if stderr is None else (value - Z_95 * stderr, value + Z_95 * stderr, CI_95)
-    ci = _pair(_field(row, f"{key}_ci"))
+    ci = finite_pair(_field(row, f"{key}_ci"))
     if ci is not None:
         return ci[0], ci[1], CI_95
-    spread = _pair(_field(row, f"{key}_spread"))
+    spread = finite_pair(_field(row, f"{key}_spread"))
     return None if spread is None else (spread[0], spread[1], SPREAD)
 
 
@@ -217,7 +203,7 @@ def _timing_items(row: VariantRow) -> list[tuple[str, str]]:
         if median is None:
             continue
         text = report.fmt_sig(median, 4)
-        ci, spread = _pair(_field(row, f"{key}_ci")), _pair(_field(row, f"{key}_spread"))
+        ci, spread = finite_pair(_field(row, f"{key}_ci")), finite_pair(_field(row, f"{key}_spread"))
         if ci is not None:
             text += f", 95% [{report.fmt_sig(ci[0], 4)}, {report.fmt_sig(ci[1], 4)}]"
         if spread is not None:

@@ -189,11 +189,11 @@ class Efficiency(_Record):
 
     def spread(self, key: str) -> tuple[float, float] | None:
         """``[min, max]`` of a repeated figure over the repetitions, or None."""
-        return _pair(getattr(self, f"{key}_spread", None))
+        return finite_pair(getattr(self, f"{key}_spread", None))
 
     def interval(self, key: str) -> tuple[float, float] | None:
         """The 95 % interval of a repeated figure's median, or None (a run stored before intervals)."""
-        return _pair(getattr(self, f"{key}_ci", None))
+        return finite_pair(getattr(self, f"{key}_ci", None))
 
     def values(self, key: str) -> list[float] | None:
         """The measured repetitions of a figure, or None (a run stored before they were kept)."""
@@ -201,9 +201,19 @@ class Efficiency(_Record):
         return [float(v) for v in values] if values else None
 
 
-def _pair(value: Any) -> tuple[float, float] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 2 and None not in value:
-        return float(value[0]), float(value[1])
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def finite_pair(value: Any) -> tuple[float, float] | None:
+    """A stored ``[low, high]`` (a spread or an interval) as two finite floats, else None."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = finite_number(value[0]), finite_number(value[1])
+        if low is not None and high is not None:
+            return low, high
     return None
 
 
@@ -240,9 +250,9 @@ class VariantRow(_Record):
     def metric(self, key: str) -> float | None:
         """The finite number under ``key`` in the accuracy or efficiency section, else None."""
         for section in (self.accuracy, self.efficiency):
-            value = getattr(section, key, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                return float(value)
+            value = finite_number(getattr(section, key, None))
+            if value is not None:
+                return value
         return None
 
     def is_noisy(self, key: str) -> bool:
