@@ -26,6 +26,7 @@ GROUP_TITLES = {
     "speed": "speed",
     "answer": "the answer",
     "output": "output",
+    "cluster": "cluster",
 }
 
 

@@ -165,9 +165,11 @@ def _measure(variants, inputs, out_dir: Path, config: CompareConfig) -> list[Var
     order = sorted(variants, key=lambda v: v is not inputs.reference)
     jobs = [VariantJob(v.name, v.runtime, v.precision, measure_variant, (v, inputs), log_path=str(logs / f"{v.name}.log"))
             for v in order]
+    if config.ray:  # the same jobs as Ray tasks (harness.ray_runner): one measurement per node at a time
+        from harness.ray_runner import run_variants_on_ray as run_variants  # noqa: F811
     by_name = {row.variant: row for row in run_variants(
         jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout, resume=config.resume,
-        on_row=_progress_line(len(jobs)))}
+        on_row=_progress_line(len(jobs)), **({"address": config.ray} if config.ray else {}))}
     return [by_name[v.name] for v in variants]
 
 

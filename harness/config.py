@@ -121,6 +121,11 @@ class CompareConfig(ModelConfig):
                                  "redoing finished variants", group="output")
     store: str | None = _field(None, "results store (default: $HARNESS_STORE, else harness.sqlite in the user data dir)",
                                group="output", metavar="FILE")
+    # where the measurements run
+    ray: str | None = _field(
+        None, "measure each variant as a task on a Ray cluster, one at a time per node: its ADDRESS (host:port), "
+              "auto ($RAY_ADDRESS or the running local cluster) or local (a private cluster for this run)",
+        group="cluster", metavar="ADDRESS")
     # each runtime's own knobs, as --<runtime>-<setting>
     llamacpp: LlamaCppSettings = _settings(LlamaCppSettings, "llama.cpp")
     ort: OrtSettings = _settings(OrtSettings, "ONNX Runtime GenAI")

@@ -101,6 +101,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def node_info():
+    """This machine as a row records it (``results.NodeInfo``): host name, CPU, first GPU."""
+    from harness.results import NodeInfo
+
+    found = gpus()
+    return NodeInfo(host=platform.node(), cpu=cpu_model(), gpu=found[0]["name"] if found else None)
+
+
 def capture_environment(threads: int | None = None) -> dict[str, Any]:
     """CPU, cores, threads used, RAM, GPUs and driver, OS, Python and runtime versions.
 

@@ -218,10 +218,23 @@ def finite_pair(value: Any) -> tuple[float, float] | None:
 
 
 @dataclass(frozen=True)
+class NodeInfo(_Record):
+    """The machine a row was measured on: rows from different hardware must not be compared as equals."""
+
+    host: str | None = None
+    cpu: str | None = None
+    gpu: str | None = field(default=None, metadata=_OPTIONAL)  # the first NVIDIA GPU's name, absent without one
+
+    def hardware(self) -> tuple[str | None, str | None]:
+        """What makes two rows' speeds comparable: the CPU and GPU, not the host's name."""
+        return self.cpu, self.gpu
+
+
+@dataclass(frozen=True)
 class VariantRow(_Record):
     """One variant's result: what it is, whether it ran, and its figures."""
 
-    NESTED: ClassVar[dict[str, type]] = {"accuracy": Accuracy, "efficiency": Efficiency}
+    NESTED: ClassVar[dict[str, type]] = {"accuracy": Accuracy, "efficiency": Efficiency, "node": NodeInfo}
 
     variant: str
     runtime: str
@@ -232,6 +245,10 @@ class VariantRow(_Record):
     accuracy: Accuracy | None = None
     efficiency: Efficiency | None = None
     traceback: str | None = field(default=None, metadata=_OPTIONAL)  # a child that raised
+    model: str | None = field(default=None, metadata=_OPTIONAL)  # the run's ModelInfo.name it belongs to
+    node: NodeInfo | None = field(default=None, metadata=_OPTIONAL)  # where it was measured
+    started_unix: float | None = field(default=None, metadata=_OPTIONAL)  # its child's start and end, seconds
+    ended_unix: float | None = field(default=None, metadata=_OPTIONAL)  # since the epoch, on that node's clock
 
     @classmethod
     def failed(cls, variant: str, runtime: str, precision: str, error: str, traceback: str | None = None) -> "VariantRow":

@@ -17,7 +17,7 @@ import os
 import signal
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -39,6 +39,7 @@ class VariantJob:
     """One variant's work: ``target(*args, **kwargs)`` returns its result row as a dict; both must pickle.
 
     ``log_path``: where the child's stdout and stderr go (appended); None keeps the parent's.
+    ``model``: which of the run's models it belongs to; (model, variant) names a job.
     """
 
     variant: str
@@ -48,6 +49,11 @@ class VariantJob:
     args: tuple = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     log_path: str | None = None
+    model: str | None = None
+
+    @property
+    def key(self) -> tuple[str | None, str]:
+        return self.model, self.variant
 
 
 @dataclass(frozen=True)
@@ -245,33 +251,50 @@ def run_variants(
     have a row there are not run again (failed ones are, with ``retry_failed``).
     ``on_row`` sees each new row as it is written (for progress output).
     """
-    names = [job.variant for job in jobs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"variant names must be unique, got {names}")
+    keys = [job.key for job in jobs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"(model, variant) pairs must be unique, got {keys}")
     path = Path(results_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, VariantRow] = {}
-    if resume and path.exists():
-        _drop_torn_tail(path)
-        for row in read_results(path):
-            done[row.variant] = row  # the last row of a variant wins
-        if retry_failed:
-            done = {name: row for name, row in done.items() if row.status != "failed"}
-    else:
+    done = finished_rows(path, retry_failed) if resume else {}
+    if not resume:
         path.write_bytes(b"")
     for job in jobs:
-        if job.variant in done:
+        if job.key in done:
             continue
-        row = _run_job(job, timeout_s)
+        row = run_job(job, timeout_s)
         append_result(path, row)
-        done[job.variant] = row
+        done[job.key] = row
         if on_row is not None:
             on_row(row)
-    return [done[name] for name in names]
+    return [done[key] for key in keys]
 
 
-def _run_job(job: VariantJob, timeout_s: float | None) -> VariantRow:
-    outcome = run_in_child(job.target, job.args, job.kwargs, timeout_s, job.log_path)
+def finished_rows(path: Path, retry_failed: bool = False) -> dict[tuple[str | None, str], VariantRow]:
+    """The rows a resumed run keeps, by (model, variant): the last of each (failed ones dropped with ``retry_failed``).
+
+    A torn last line is cut first, so the next append starts on a line of its own.
+    """
+    if not path.exists():
+        return {}
+    _drop_torn_tail(path)
+    done = {(row.model, row.variant): row for row in read_results(path)}  # the last row of a variant wins
+    if retry_failed:
+        done = {key: row for key, row in done.items() if row.status != "failed"}
+    return done
+
+
+def run_job(job: VariantJob, timeout_s: float | None) -> VariantRow:
+    """One job in its own child on this machine: its row, stamped with this node and the child's start and end."""
+    from harness.environment import node_info
+
+    started = time.time()
+    row = _job_row(job, run_in_child(job.target, job.args, job.kwargs, timeout_s, job.log_path))
+    return replace(row, model=job.model, node=node_info(), started_unix=round(started, 3),
+                   ended_unix=round(time.time(), 3))
+
+
+def _job_row(job: VariantJob, outcome: ChildOutcome) -> VariantRow:
     if not outcome.ok:
         return failed_row(job, outcome.error, outcome.traceback)
     if not isinstance(outcome.value, dict):

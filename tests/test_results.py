@@ -12,7 +12,8 @@ from harness import results
 from harness.results import Accuracy, Efficiency, RunRecord, VariantRow
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-SCHEMA_TYPES = ("RunRecord", "ModelInfo", "CorpusInfo", "RunSettings", "VariantRow", "Accuracy", "Efficiency")
+SCHEMA_TYPES = ("RunRecord", "ModelInfo", "CorpusInfo", "RunSettings", "VariantRow", "NodeInfo", "Accuracy",
+                "Efficiency")
 
 
 def documented_fields() -> dict[str, list[str]]:
