@@ -1,4 +1,9 @@
-"""Installed as ``harness.kernels`` (pyproject's package-dir): Numba log-softmax, token NLL and divergence kernels."""
+"""Installed as ``harness.kernels`` (pyproject's package-dir): Numba log-softmax, token NLL and divergence kernels.
+
+``token_nll`` and ``divergence`` score logits where they live: numpy arrays on
+the CPU kernels, GPU arrays (a CUDA torch tensor) on the CUDA kernels of
+``cuda_scoring`` (``dispatch.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ import time
 import numpy as np
 
 from .config import set_num_threads
-from .divergence import Divergence, divergence
-from .nll import token_nll
+from .dispatch import Divergence, device_scoring_available, divergence, is_device_array, to_host, token_nll
 from .softmax import log_softmax
 from .streaming import Quantiles, RunningStats
 
@@ -16,9 +20,12 @@ __all__ = [
     "Divergence",
     "Quantiles",
     "RunningStats",
+    "device_scoring_available",
     "divergence",
+    "is_device_array",
     "log_softmax",
     "set_num_threads",
+    "to_host",
     "token_nll",
     "warmup",
 ]

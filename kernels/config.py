@@ -46,3 +46,10 @@ def small_row_tasks() -> Iterator[None]:
         yield
     finally:
         numba.set_parallel_chunksize(previous)
+
+# The CUDA kernels (cuda_scoring.py): threads per block, one block per row. A power of two; 256
+# threads stream a 49,152-wide row in 192 coalesced loads each and leave room for 8 blocks per SM.
+CUDA_THREADS_PER_ROW = 256
+# Off: precise expf/logf and IEEE division. The kernels are bound by memory bandwidth, so the fast
+# approximations (and flushing denormals to zero) would buy little and cost the float64-checked accuracy.
+CUDA_FASTMATH = False
