@@ -97,7 +97,9 @@ def _help(f: dataclasses.Field, default: Any) -> str:
 
 def _add_field(parser, f: dataclasses.Field, dest: str, default: Any, flag: str) -> None:
     kwargs: dict[str, Any] = {"dest": dest, "default": default, "help": _help(f, default)}
-    if isinstance(default, bool) and default:
+    if f.metadata.get("repeat"):
+        kwargs.update(action="append", metavar=f.metadata.get("metavar", "VALUE"))
+    elif isinstance(default, bool) and default:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif isinstance(default, bool):
         kwargs["action"] = "store_true"
@@ -144,7 +146,8 @@ def config_from_args(config_class: type, args: argparse.Namespace):
             except ValueError as exc:
                 raise UserError(f"{exc}", setting=f"{f.name}_settings") from None
         else:
-            values[f.name] = getattr(args, f.name)
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if f.metadata.get("repeat") and value is not None else value
     return config_class(**values)
 
 
@@ -215,14 +218,17 @@ def _run_show(args: argparse.Namespace) -> int:
     if args.variant is None:
         print(report.render_text(run))
         return 0
-    row = run.row(args.variant)
-    if row is None:
-        names = ", ".join(r.variant for r in run.results) or "none"
-        raise UserError(f"run {run.run_id} has no variant {args.variant!r}; its variants: {names}",
+    matches = [r for r in run.results if args.variant in (r.variant, run.label(r))]
+    if len(matches) != 1:
+        labels = ", ".join(run.label(r) for r in run.results) or "none"
+        problem = "names a variant of several models; give model/variant" if matches else "is not in it"
+        raise UserError(f"run {run.run_id}: {args.variant!r} {problem}; its variants: {labels}",
                         setting="variant", value=args.variant)
-    reference_row = run.row(run.reference) if run.reference else None
+    row = matches[0]
+    view = run.for_model(row.model)
+    reference_row = view.row(view.reference) if view.reference else None
     tokens = row.accuracy.tokens_scored if row.accuracy is not None else report.ABSENT
-    print(f"run {run.run_id}: {row.variant} against {run.reference or 'no reference'}, {tokens} tokens scored "
+    print(f"run {run.run_id}: {run.label(row)} against {view.reference or 'no reference'}, {tokens} tokens scored "
           f"of {run.corpus.name or report.ABSENT} (ctx {run.corpus.ctx or report.ABSENT})")
     print("\n".join(report.divergence_lines(row, reference_row)))
     return 0

@@ -19,9 +19,15 @@ from harness.config import CompareConfig
 from harness.errors import UserError
 from harness.results import CorpusInfo, ModelInfo, RunRecord, RunSettings, VariantRow
 
-if TYPE_CHECKING:  # both import only light modules, but the command keeps its imports lazy
+if TYPE_CHECKING:  # light modules all, but the command keeps its imports lazy
     from harness.corpus import Corpus
+    from harness.manifest import Variant
+    from harness.measure import MeasureInputs
+    from harness.protocols import Window
+    from harness.runner import VariantJob
     from harness.sources import Source
+    from harness.tokenizer import ModelTokenizer, TokenizedText
+    from harness.variants import PrepareResult
 
 RESULTS_ROOT = Path("harness-results")
 RESULTS_NAME = "results.jsonl"
@@ -33,43 +39,56 @@ LOGS_NAME = "logs"  # one file per variant: its child's output, the runtimes' na
 class _Inputs:
     """What the command line resolves to before anything is built."""
 
-    source: Source
+    sources: tuple[Source, ...]
     corpus: Corpus
     store_path: Path
 
 
+@dataclass(frozen=True)
+class _Model:
+    """One model of the run, prepared and tokenized: its variants, its reference and the windows it scores."""
+
+    name: str  # unique within the run (``ModelInfo.name``, ``VariantRow.model``)
+    source: Source
+    prepared: PrepareResult
+    variants: tuple[Variant, ...]
+    reference: Variant | None
+    tokenizer: ModelTokenizer
+    text: TokenizedText
+    windows: tuple[Window, ...]
+
+    @property
+    def tokens_scored(self) -> int:
+        return sum(w.n_scored for w in self.windows)
+
+
 def run_compare(config: CompareConfig) -> int:
     """Run the comparison ``config`` describes; the exit status is 0 when every variant is ok, else 1."""
-    from harness.variants import choose_reference, with_reference
-
     started = time.perf_counter()
     config = _resolved(config)
     inputs = _resolve_inputs(config)
-    names = with_reference(list(config.variants) if config.variants else None, config.reference, inputs.source)
-    prepared = _prepare(config, inputs, names)
-    variants = [v for v in prepared.variants.values() if names is None or v.name in names]
-    reference = choose_reference(config.reference, variants)
-    tokenizer, text, windows = _tokenize(config, inputs, prepared)
+    models, text_bytes = _prepare_models(config, inputs)
     out_dir, run_id = _out_dir_and_run_id(config)  # only once every input has been checked
 
-    with tempfile.TemporaryDirectory(prefix="harness-reference-") as record_dir:
-        measure_inputs = _measure_inputs(config, reference, windows, text, tokenizer, inputs.source, prepared,
-                                         record_dir)
-        print(f"scoring {sum(w.n_scored for w in windows)} tokens of {text.corpus_name} ({len(windows)} windows of "
-              f"{config.ctx}, {config.protocol}) per variant; reference {reference.name if reference else 'none'}",
-              file=sys.stderr)
-        rows = _measure(variants, measure_inputs, out_dir, config)
-    rows += [VariantRow.failed(name, prepared.specs[name].runtime, prepared.specs[name].precision,
-                               f"not built: {reason}") for name, reason in prepared.skipped.items()]
+    with tempfile.TemporaryDirectory(prefix="harness-reference-") as record_root:
+        jobs = []
+        for model in models:
+            record_dir = Path(record_root, model.name)
+            record_dir.mkdir()
+            jobs += _jobs(model, _measure_inputs(config, model, str(record_dir)), out_dir, len(models) > 1)
+            print(f"{model.name}: scoring {model.tokens_scored} tokens of {model.text.corpus_name} "
+                  f"({len(model.windows)} windows of {config.ctx}, {config.protocol}) per variant; "
+                  f"reference {model.reference.name if model.reference else 'none'}", file=sys.stderr)
+        by_key = {(row.model, row.variant): row for row in _measure(jobs, out_dir, config)}
+    rows = [by_key[model.name, v.name] for model in models for v in model.variants]  # catalogue order
+    rows += [row for model in models for row in _not_built_rows(model)]
 
     run = RunRecord(
         run_id=run_id,
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=ModelInfo(inputs.source.name, str(inputs.source.path), inputs.source.sha256),
-        corpus=CorpusInfo(text.corpus_name, inputs.corpus.source, config.protocol, config.ctx,
-                          sum(w.n_scored for w in windows), len(windows), tokenizer.kind),
+        models=tuple(_model_info(model) for model in models),
+        corpus=CorpusInfo(inputs.corpus.name, inputs.corpus.source, config.protocol, config.ctx, text_bytes),
         environment=_environment(config.threads),
-        reference=reference.name if reference else None,
         settings=_run_settings(config),
         wall_s=round(time.perf_counter() - started, 1),
         results=tuple(rows),
@@ -86,59 +105,123 @@ def _resolved(config: CompareConfig) -> CompareConfig:
 
 
 def _resolve_inputs(config: CompareConfig) -> _Inputs:
-    """The model, the text and the results store, each checked before any work is done."""
+    """The models, the text and the results store, each checked before any work is done."""
     from harness import store
     from harness.corpus import load_corpus
     from harness.sources import resolve_source
 
-    source = resolve_source(config.model)
+    sources = tuple(resolve_source(model) for model in config.sources)
+    seen: dict[str, str] = {}
+    for given, source in zip(config.sources, sources):
+        if source.sha256 in seen:
+            raise UserError(f"the same model as --model {seen[source.sha256]}; give each model once",
+                            setting="model", value=given or source.name)
+        seen[source.sha256] = given or source.name
     corpus = load_corpus(text=config.text, dataset=config.dataset, text_field=config.text_field)
-    return _Inputs(source, corpus, store.check(config.store))
+    return _Inputs(sources, corpus, store.check(config.store))
 
 
-def _prepare(config: CompareConfig, inputs: _Inputs, names: list[str] | None):
-    """The variants to measure, built if missing; an unknown --reference is named as such, not as a variant."""
+def _prepare_models(config: CompareConfig, inputs: _Inputs) -> tuple[list[_Model], int]:
+    """Each model prepared and tokenized; with several, every one scores the same text, cut at the same byte.
+
+    The cut is where the first model's token budget ends (``--max-tokens``, or
+    ``--max-chunks`` windows); every model then windows all of the cut text, so
+    bits per byte compare across tokenizers. Returns the models and the cut.
+    """
+    names = _unique_names(inputs.sources)
+    prepared = [_prepare(config, source) for source in inputs.sources]  # (result, names to measure)
+    corpus = inputs.corpus
+    first = _tokenized(config, inputs.sources[0], prepared[0][0], corpus)
+    text_bytes = _budget_bytes(config, first[1])
+    if len(inputs.sources) == 1:
+        return [_model(config, names[0], inputs.sources[0], prepared[0], *first, config.token_budget)], text_bytes
+    cut = replace(corpus, text=corpus.text.encode("utf-8")[:text_bytes].decode("utf-8", errors="ignore"))
+    return [_model(config, name, source, result, *_tokenized(config, source, result[0], cut), None)
+            for name, source, result in zip(names, inputs.sources, prepared)], text_bytes
+
+
+def _unique_names(sources) -> list[str]:
+    """Each source's name, with its hash prefix where two share one (two files both called model.gguf)."""
+    names = [s.name for s in sources]
+    return [f"{s.name}-{s.sha256[:8]}" if names.count(s.name) > 1 else s.name for s in sources]
+
+
+def _prepare(config: CompareConfig, source: Source) -> tuple[PrepareResult, list[str] | None]:
+    """The model's variants, built if missing, and the names to measure (None: all).
+
+    An unknown --reference is named as such, not as a variant.
+    """
     from harness.prepare_command import prepare_with_progress
+    from harness.variants import with_reference
 
+    names = with_reference(list(config.variants) if config.variants else None, config.reference, source)
     try:
-        return prepare_with_progress(inputs.source, names, config.cache_dir, config.threads)
+        result = prepare_with_progress(source, names, config.cache_dir, config.threads)
     except UserError as exc:
         unknown = str(exc.value).split(",") if exc.setting == "variants" else []
         if config.reference and config.reference in unknown and config.reference not in (config.variants or ()):
             raise UserError(exc.problem + " or none", setting="reference", value=config.reference) from None
         raise
+    return result, names
 
 
-def _tokenize(config: CompareConfig, inputs: _Inputs, prepared):
-    """The model's one tokenizer, the corpus in its token ids, and the windows scored."""
-    from harness.protocols import build_windows
+def _tokenized(config: CompareConfig, source: Source, prepared: PrepareResult, corpus: Corpus):
+    """The model's one tokenizer and the corpus in its token ids."""
     from harness.tokenizer import load_tokenizer
 
-    hf_dir = _hf_dir(prepared)
-    tokenizer = load_tokenizer(inputs.source.kind, inputs.source.path, hf_dir)
-    text = tokenizer.tokenize_corpus(inputs.corpus)
+    tokenizer = load_tokenizer(source.kind, source.path, _hf_dir(prepared))
+    return tokenizer, tokenizer.tokenize_corpus(corpus)
+
+
+def _budget_bytes(config: CompareConfig, text: TokenizedText) -> int:
+    """UTF-8 bytes of the text the token budget (or ``--max-chunks`` windows) covers, in the first model's tokens."""
+    budget = config.token_budget or (config.max_chunks * config.ctx if config.max_chunks else None)
+    return int(text.token_bytes[:budget].sum())
+
+
+def _model(config: CompareConfig, name: str, source: Source, prepared: tuple[PrepareResult, list[str] | None],
+           tokenizer: ModelTokenizer, text: TokenizedText, token_budget: int | None) -> _Model:
+    """A prepared model with the variants to measure, its reference and the windows of its tokens it scores."""
+    from harness.protocols import build_windows
+    from harness.variants import choose_reference
+
     windows = build_windows(text.token_ids, config.protocol, config.ctx, config.stride, tokenizer.bos_id,
-                            config.token_budget, config.max_chunks, text_name=text.corpus_name)
-    return tokenizer, text, windows
+                            token_budget, config.max_chunks, text_name=text.corpus_name)
+    result, names = prepared
+    variants = tuple(v for v in result.variants.values() if names is None or v.name in names)
+    return _Model(name, source, result, variants, choose_reference(config.reference, variants), tokenizer, text,
+                  tuple(windows))
 
 
-def _hf_dir(prepared) -> Path | None:
+def _hf_dir(prepared: PrepareResult) -> Path | None:
     return Path(prepared.variants["torch-fp32"].path) if "torch-fp32" in prepared.variants else None
 
 
-def _measure_inputs(config, reference, windows, text, tokenizer, source, prepared, record_dir: str):
-    """The one frozen object every variant's child is measured with."""
+def _model_info(model: _Model) -> ModelInfo:
+    return ModelInfo(model.name, str(model.source.path), model.source.sha256,
+                     model.reference.name if model.reference else None, model.tokenizer.kind, model.tokens_scored,
+                     len(model.windows))
+
+
+def _not_built_rows(model: _Model) -> list[VariantRow]:
+    specs = model.prepared.specs
+    return [replace(VariantRow.failed(name, specs[name].runtime, specs[name].precision, f"not built: {reason}"),
+                    model=model.name) for name, reason in model.prepared.skipped.items()]
+
+
+def _measure_inputs(config: CompareConfig, model: _Model, record_dir: str) -> MeasureInputs:
+    """The one frozen object every variant's child of ``model`` is measured with."""
     from harness.accuracy import DEFAULT_PROMPTS
     from harness.measure import MeasureInputs
     from harness.reference_record import record_limit
     from harness.tokenizer import speed_token_pool
 
     return MeasureInputs(
-        reference=reference,
-        windows=windows,
-        text=text,
-        prompts=[tokenizer.encode(p) for p in DEFAULT_PROMPTS],
-        token_pool=speed_token_pool(_hf_dir(prepared) or source.path),  # every variant shares the vocabulary
+        reference=model.reference,
+        windows=model.windows,
+        text=model.text,
+        prompts=[model.tokenizer.encode(p) for p in DEFAULT_PROMPTS],
+        token_pool=speed_token_pool(_hf_dir(model.prepared) or model.source.path),  # the variants share the vocabulary
         threads=config.threads,
         device=config.device,
         prompt_tokens=config.prompt_tokens,
@@ -155,22 +238,27 @@ def _measure_inputs(config, reference, windows, text, tokenizer, source, prepare
     )
 
 
-def _measure(variants, inputs, out_dir: Path, config: CompareConfig) -> list[VariantRow]:
-    """Each variant in its own child, the reference first (it records its logits for the others)."""
+def _jobs(model: _Model, inputs: MeasureInputs, out_dir: Path, several: bool) -> list[VariantJob]:
+    """The model's variants as jobs, its reference first (it records its logits for the others)."""
     from harness.measure import measure_variant
-    from harness.runner import VariantJob, run_variants
+    from harness.runner import VariantJob
 
-    logs = out_dir / LOGS_NAME
-    logs.mkdir(exist_ok=True)
-    order = sorted(variants, key=lambda v: v is not inputs.reference)
-    jobs = [VariantJob(v.name, v.runtime, v.precision, measure_variant, (v, inputs), log_path=str(logs / f"{v.name}.log"))
-            for v in order]
+    logs = out_dir / LOGS_NAME / (model.name if several else "")
+    logs.mkdir(parents=True, exist_ok=True)
+    order = sorted(model.variants, key=lambda v: v is not model.reference)
+    return [VariantJob(v.name, v.runtime, v.precision, measure_variant, (v, inputs),
+                       log_path=str(logs / f"{v.name}.log"), model=model.name) for v in order]
+
+
+def _measure(jobs: list[VariantJob], out_dir: Path, config: CompareConfig) -> list[VariantRow]:
+    """Each job in its own child, here or as a Ray task; rows in job order."""
+    from harness.runner import run_variants
+
     if config.ray:  # the same jobs as Ray tasks (harness.ray_runner): one measurement per node at a time
         from harness.ray_runner import run_variants_on_ray as run_variants  # noqa: F811
-    by_name = {row.variant: row for row in run_variants(
-        jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout, resume=config.resume,
-        on_row=_progress_line(len(jobs)), **({"address": config.ray} if config.ray else {}))}
-    return [by_name[v.name] for v in variants]
+    return run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout, resume=config.resume,
+                        on_row=_progress_line(len(jobs), several=len({j.model for j in jobs}) > 1),
+                        **({"address": config.ray} if config.ray else {}))
 
 
 def _environment(threads: int) -> dict:
@@ -238,15 +326,16 @@ def _newest_run_dir() -> Path:
     return runs[-1]
 
 
-def _progress_line(total: int):
+def _progress_line(total: int, several: bool):
     done = 0
 
     def on_row(row: VariantRow) -> None:
         nonlocal done
         done += 1
+        name = f"{row.model}/{row.variant}" if several else row.variant
         ppl, decode = row.metric("ppl"), row.metric("decode_tok_s")
         detail = (f"PPL {ppl if ppl is not None else float('nan'):.3f}, "
                   f"decode {decode if decode is not None else float('nan'):.0f} tok/s" if row.ok else row.error)
-        print(f"[{done}/{total}] {row.variant}: {row.status} ({detail})", file=sys.stderr, flush=True)
+        print(f"[{done}/{total}] {name}: {row.status} ({detail})", file=sys.stderr, flush=True)
 
     return on_row

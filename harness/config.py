@@ -9,11 +9,12 @@ machine (the thread count) happens in the command, through
 
 Field metadata: ``help``; ``group`` (the --help section); ``parse`` (how the
 CLI reads the text: ``positive_int``, ``count``, ``percent``, ``size_mb``,
-``names``); ``choices``; ``metavar``.
+``names``); ``choices``; ``metavar``; ``repeat`` (the flag may be given several times: a tuple).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from harness.protocols import PROTOCOLS
 DEFAULT_MAX_TOKENS = 1024
 DATASET_CHOICES = ("wikitext-2",)
 DEVICE_CHOICES = ("cpu", "cuda")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")  # a choice, or cuda:N (whether that GPU exists: harness.nvml)
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -42,8 +44,9 @@ def _settings(factory: type, help: str) -> Any:
 class ModelConfig:
     """Which model, which of its variants, where they are cached, and how many threads build and run them."""
 
-    model: str | None = _field(None, "smollm2-135m (default), a local GGUF file, or a transformers model directory",
-                               metavar="MODEL")
+    model: tuple[str, ...] | None = _field(
+        None, "smollm2-135m (default), a local GGUF file, or a transformers model directory; repeat it to compare "
+              "several models in one table", metavar="MODEL", repeat=True)
     variants: tuple[str, ...] | None = _field(
         None, "comma-separated variant names (default: all), e.g. llamacpp-q8_0,ort-int4", parse="names", metavar="A,B")
     cache_dir: str | None = _field(
@@ -54,8 +57,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, "threads", 1)
+        if isinstance(self.model, str):
+            raise TypeError("model is a tuple of models: pass (model,)")
         if self.variants is not None and not self.variants:
             raise UserError("give at least one variant name, comma-separated", setting="variants", value="")
+
+    @property
+    def sources(self) -> tuple[str | None, ...]:
+        """The models to prepare or compare: those given, else the default (None)."""
+        return self.model or (None,)
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,8 @@ class CompareConfig(ModelConfig):
     warmup: int = _field(1, "discarded warm-up runs", group="speed", parse="count", metavar="N")
     agreement_tokens: int = _field(16, "greedy tokens per prompt for generation agreement with the reference",
                                    group="speed", parse="positive_int", metavar="N")
-    device: str = _field("cpu", "where the runtimes run", group="speed", choices=DEVICE_CHOICES)
+    device: str = _field("cpu", "where the runtimes run: cpu, or cuda / cuda:N (the Nth GPU CUDA sees)", group="speed",
+                         metavar="cpu|cuda[:N]")
     timeout: int = _field(900, "seconds one variant may take before it counts as failed", group="speed",
                           parse="positive_int", metavar="S")
     # the answer
@@ -144,6 +155,9 @@ class CompareConfig(ModelConfig):
         _at_least(self, "warmup", 0)
         if self.ctx < 2:
             raise UserError("a window needs at least 2 tokens; pass 2 or more", setting="ctx", value=self.ctx)
+        if not _DEVICE.match(self.device):
+            raise UserError(f"pass one of {', '.join(DEVICE_CHOICES)} or cuda:N (N = 0, 1, ...)", setting="device",
+                            value=self.device)
         if self.max_ppl_increase < 0:
             raise UserError("must be 0 or more", setting="max_ppl_increase", value=self.max_ppl_increase)
         if self.memory_budget is not None and self.memory_budget <= 0:

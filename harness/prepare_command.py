@@ -25,8 +25,15 @@ def run_prepare(config) -> int:
 
     ``config`` has the attributes ``model``, ``variants``, ``cache_dir``, ``threads`` and ``json``.
     """
-    source = resolve_source(config.model)
+    sources = [resolve_source(model) for model in config.sources]  # every model checked before any is built
     names = list(config.variants) if config.variants else None
+    status = 0
+    for source in sources:
+        status = max(status, _prepare_one(source, names, config))
+    return status
+
+
+def _prepare_one(source: Source, names: list[str] | None, config) -> int:
     result = prepare_with_progress(source, names, config.cache_dir, config.threads)
     if config.json:
         print(json.dumps({name: v.to_dict() for name, v in result.variants.items()}, indent=2))

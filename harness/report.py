@@ -25,7 +25,7 @@ from harness.divergence_report import (  # noqa: F401  delta_ppl_pct and diverge
     kld_noise_floor,
     ties_with_best,
 )
-from harness.results import RunRecord, VariantRow
+from harness.results import ModelInfo, RunRecord, VariantRow
 
 ABSENT = "—"
 FALLBACK_MAX_PPL_INCREASE_PCT = CompareConfig.max_ppl_increase  # stored runs that predate the setting
@@ -36,17 +36,19 @@ LARGER_IS_BETTER = {
     "prefill_tok_s": True,
     "top1_agreement": True,
     "ppl": False,
+    "bits_per_byte": False,
     "kld_mean": False,
     "peak_rss_mb": False,
     "size_bytes": False,
     "ttft_ms": False,
 }
 
-# The two frontiers the table marks: (x, y, mark).
+# The two frontiers the table marks: (x, y, mark); y is ``accuracy_key(run)`` where it reads "ppl".
 FRONTIERS = (
     ("decode_tok_s", "ppl", "S"),
     ("peak_rss_mb", "ppl", "M"),
 )
+MODEL_HEADER = "model"  # the first column when a run holds several models
 
 HEADERS = (
     "runtime",
@@ -54,6 +56,7 @@ HEADERS = (
     "size MB",
     "bits/w",
     "PPL ±",
+    "bits/byte",
     "ΔPPL %",
     "KLD",
     "top-1 %",
@@ -65,14 +68,16 @@ HEADERS = (
     "marks",
 )
 # Text columns align left, numbers right; "PPL ±" centres on the ± well enough right-aligned.
-COLALIGN = ("left", "left") + ("right",) * 10 + ("left", "left")
+COLALIGN = ("left", "left") + ("right",) * 11 + ("left", "left")
 
 LEGEND = (
     "marks: ref = the reference (ΔPPL % ± = half the paired 95% interval); "
     "≈ = indistinguishable from the reference: its KLD's 95% interval reaches down to the noise floor "
     f"(the largest KLD of another runtime's fp32 variant, else {DEFAULT_KLD_NOISE_FLOOR:g}); "
     "S = on the PPL-vs-decode-speed Pareto frontier; "
-    "M = on the PPL-vs-peak-memory Pareto frontier. "
+    "M = on the PPL-vs-peak-memory Pareto frontier (with several models: bits/byte instead of PPL, across all of "
+    "them; PPL and ΔPPL stay within each model, against its own reference); m1, m2, ...: the machine that measured "
+    "the row, when rows come from different hardware. "
     "±h% after a speed: half the width of its 95% interval (a bootstrap of the median over the repetitions), in % "
     f"of the median; ~: that interval missed the precision target ({CompareConfig.precision_target:g}% unless "
     "--precision-target was given): the repetitions stopped at the speed budget or the maximum count."
@@ -101,10 +106,20 @@ def pareto_front(rows: Iterable[VariantRow], x_key: str, y_key: str) -> list[Var
     for key in (x_key, y_key):
         if key not in LARGER_IS_BETTER:
             raise ValueError(f"pareto_front: no known direction for {key!r}; use one of {sorted(LARGER_IS_BETTER)}")
-    by_name = {row.variant: row for row in rows
-               if row.ok and row.metric(x_key) is not None and row.metric(y_key) is not None}
-    points = {name: (row.metric(x_key), row.metric(y_key)) for name, row in by_name.items()}
-    return [by_name[name] for name in pareto_names(points, LARGER_IS_BETTER[x_key], LARGER_IS_BETTER[y_key])]
+    by_key = {(row.model, row.variant): row for row in rows
+              if row.ok and row.metric(x_key) is not None and row.metric(y_key) is not None}
+    points = {key: (row.metric(x_key), row.metric(y_key)) for key, row in by_key.items()}
+    return [by_key[key] for key in pareto_names(points, LARGER_IS_BETTER[x_key], LARGER_IS_BETTER[y_key])]
+
+
+def accuracy_key(run: RunRecord) -> str:
+    """What accuracy is ranked by: PPL within one model; bits per byte across several (tokenizers differ)."""
+    return "bits_per_byte" if run.multi_model else "ppl"
+
+
+def frontiers(run: RunRecord) -> list[tuple[str, str, str]]:
+    """``FRONTIERS`` with this run's accuracy axis."""
+    return [(x, accuracy_key(run) if y == "ppl" else y, mark) for x, y, mark in FRONTIERS]
 
 
 def reference_ppl(run: RunRecord) -> float | None:
@@ -114,8 +129,21 @@ def reference_ppl(run: RunRecord) -> float | None:
 
 
 def frontier_names(run: RunRecord) -> dict[str, list[str]]:
-    """Variant names on each frontier, keyed ``"<y>_vs_<x>"``, e.g. ``ppl_vs_decode_tok_s``."""
-    return {f"{y}_vs_{x}": [r.variant for r in pareto_front(run.results, x, y)] for x, y, _ in FRONTIERS}
+    """Row labels on each frontier, keyed ``"<y>_vs_<x>"``, e.g. ``ppl_vs_decode_tok_s``."""
+    return {f"{y}_vs_{x}": [run.label(r) for r in pareto_front(run.results, x, y)] for x, y, _ in frontiers(run)}
+
+
+def machines(run: RunRecord) -> list[tuple]:
+    """The distinct hardware (CPU, GPU) the run's rows were measured on, in order of first use."""
+    return list(dict.fromkeys(r.node.hardware() for r in run.results if r.node is not None))
+
+
+def machine_marks(run: RunRecord) -> dict[tuple, str]:
+    """(model, variant) -> "m1", "m2", ...: which machine measured the row; empty when all share one."""
+    found = machines(run)
+    if len(found) < 2:
+        return {}
+    return {(r.model, r.variant): f"m{found.index(r.node.hardware()) + 1}" for r in run.results if r.node is not None}
 
 
 def fmt_sig(value: float | None, sig: int = 4) -> str:
@@ -167,38 +195,54 @@ def _fixed(value: float | None, digits: int) -> str:
     return ABSENT if value is None else f"{value:.{digits}f}"
 
 
+def headers(run: RunRecord) -> tuple[str, ...]:
+    return ((MODEL_HEADER,) if run.multi_model else ()) + HEADERS
+
+
 def table_rows(run: RunRecord) -> list[list[str]]:
-    """One list of display strings per variant, in run order, matching ``HEADERS``."""
-    ref_ppl = reference_ppl(run)
-    on_front = {mark: {r.variant for r in pareto_front(run.results, x, y)} for x, y, mark in FRONTIERS}
-    floor, _ = kld_noise_floor(run)
+    """One list of display strings per row, in run order, matching ``headers(run)``.
+
+    PPL, ΔPPL, KLD and the ≈ mark are read within each model (against its own
+    reference); the frontier marks across all rows.
+    """
+    on_front = {mark: {(r.model, r.variant) for r in pareto_front(run.results, x, y)} for x, y, mark in frontiers(run)}
+    machine = machine_marks(run)
     table = []
-    for row in run.results:
-        marks = ["ref"] if row.variant == run.reference else []
-        marks += ["≈"] if row.variant != run.reference and indistinguishable(row, floor) else []
-        marks += [mark for mark, names in on_front.items() if row.variant in names]
-        table.append([
-            row.runtime or ABSENT,
-            row.precision or ABSENT,
-            fmt_mb(row.metric("size_bytes")),
-            _fixed(row.metric("bits_per_weight"), 2),
-            fmt_ppl(row),
-            fmt_delta_ppl(row, ref_ppl, run.reference),
-            fmt_sig(row.metric("kld_mean"), 3),
-            _fixed(row.metric("top1_agreement"), 1),
-            fmt_speed(row, "prefill_tok_s"),
-            fmt_speed(row, "decode_tok_s"),
-            fmt_speed(row, "ttft_ms"),
-            _fixed(row.metric("peak_rss_mb"), 0),
-            row.status or ABSENT,
-            " ".join(marks),
-        ])
+    for view in run.per_model():
+        ref_ppl = reference_ppl(view)
+        floor, _ = kld_noise_floor(view)
+        for row in view.results:
+            key = (row.model, row.variant)
+            marks = ["ref"] if row.variant == view.reference else []
+            marks += ["≈"] if row.variant != view.reference and indistinguishable(row, floor) else []
+            marks += [mark for mark, keys in on_front.items() if key in keys]
+            marks += [machine[key]] if key in machine else []
+            cells = [
+                row.runtime or ABSENT,
+                row.precision or ABSENT,
+                fmt_mb(row.metric("size_bytes")),
+                _fixed(row.metric("bits_per_weight"), 2),
+                fmt_ppl(row),
+                fmt_sig(row.metric("bits_per_byte"), 4),
+                fmt_delta_ppl(row, ref_ppl, view.reference),
+                fmt_sig(row.metric("kld_mean"), 3),
+                _fixed(row.metric("top1_agreement"), 1),
+                fmt_speed(row, "prefill_tok_s"),
+                fmt_speed(row, "decode_tok_s"),
+                fmt_speed(row, "ttft_ms"),
+                _fixed(row.metric("peak_rss_mb"), 0),
+                row.status or ABSENT,
+                " ".join(marks),
+            ]
+            table.append(([row.model or ABSENT] if run.multi_model else []) + cells)
     return table
 
 
 def render_table(run: RunRecord, tablefmt: str = "simple") -> str:
     """The results table in any ``tabulate`` format ("simple", "github", "html", ...)."""
-    return tabulate(table_rows(run), headers=HEADERS, tablefmt=tablefmt, colalign=COLALIGN, disable_numparse=True)
+    colalign = (("left",) if run.multi_model else ()) + COLALIGN
+    return tabulate(table_rows(run), headers=headers(run), tablefmt=tablefmt, colalign=colalign,
+                    disable_numparse=True)
 
 
 def resolve_settings(
@@ -220,6 +264,34 @@ def _describe(row: VariantRow, ref_ppl: float | None, reference: str | None = No
     return f"PPL {fmt_sig(row.metric('ppl'), 4)}{delta_text}"
 
 
+# The "best within the limit" lines: (first word, metric, pick the best, how the figure reads, what is missing).
+_BEST_BY = (
+    ("Fastest", "decode_tok_s", max, lambda v: f"{fmt_sig(v, 3)} decode tok/s", "a decode speed"),
+    ("Smallest", "size_bytes", min, lambda v: f"{fmt_mb(v)} MB", "a size"),
+)
+
+
+def _best_lines(run: RunRecord, within: list[VariantRow], label: str, describe) -> list[str]:
+    """The fastest and the smallest of ``within``, each described by ``describe(row)``."""
+    lines = []
+    for word, key, pick, shown, missing in _BEST_BY:
+        candidates = [r for r in within if r.metric(key) is not None]
+        if not candidates:
+            lines.append(f"{word} {label}: none has {missing}.")
+            continue
+        best = pick(candidates, key=lambda r: r.metric(key))
+        mixed = _mixed_machines(run, candidates) if key == "decode_tok_s" else ""
+        lines.append(f"{word} {label}: {run.label(best)}, {shown(best.metric(key))}, {describe(best)}{mixed}.")
+    return lines
+
+
+def _mixed_machines(run: RunRecord, rows: list[VariantRow]) -> str:
+    """A note when ``rows``' speeds were measured on different hardware, else ""."""
+    marks = machine_marks(run)
+    used = sorted({marks[(r.model, r.variant)] for r in rows if (r.model, r.variant) in marks})
+    return f" (speeds measured on different machines: {', '.join(used)})" if len(used) > 1 else ""
+
+
 def _within_limit_lines(run: RunRecord, scored: list[VariantRow], max_pct: float) -> list[str]:
     """The fastest and the smallest variant whose ΔPPL interval lies within the limit (its upper end)."""
     ref_ppl = reference_ppl(run)
@@ -231,19 +303,33 @@ def _within_limit_lines(run: RunRecord, scored: list[VariantRow], max_pct: float
     within = [r for r in scored if upper[r.variant] is not None and upper[r.variant] <= max_pct]
     paired = any(r.variant != run.reference and delta_ppl_interval(r, run.reference) for r in scored)
     label = f"within +{max_pct:g}% PPL of {run.reference}" + (" (95% upper bound)" if paired else "")
-    lines = []
-    # (first word, metric, pick the best, how the figure reads, what is missing)
-    for word, key, pick, shown, missing in (
-        ("Fastest", "decode_tok_s", max, lambda v: f"{fmt_sig(v, 3)} decode tok/s", "a decode speed"),
-        ("Smallest", "size_bytes", min, lambda v: f"{fmt_mb(v)} MB", "a size"),
-    ):
-        candidates = [r for r in within if r.metric(key) is not None]
-        if not candidates:
-            lines.append(f"{word} {label}: none has {missing}.")
-            continue
-        best = pick(candidates, key=lambda r: r.metric(key))
-        lines.append(f"{word} {label}: {best.variant}, {shown(best.metric(key))}, "
-                     f"{_describe(best, ref_ppl, run.reference)}.")
+    return _best_lines(run, within, label, lambda row: _describe(row, ref_ppl, run.reference))
+
+
+def _across_models_lines(run: RunRecord, max_pct: float, budget_mb: float | None) -> list[str]:
+    """Several models: the fastest and smallest within the limit of the lowest bits per byte, and the most accurate.
+
+    Models tokenize differently, so PPLs do not compare across them; bits per
+    byte of the same text do. They are point estimates: two models' tokens
+    cannot be paired.
+    """
+    scored = [r for r in run.results if r.ok and r.metric("bits_per_byte") is not None]
+    if not scored:
+        return ["No variant has bits per byte: nothing to rank across models."]
+    best = min(scored, key=lambda r: r.metric("bits_per_byte"))
+    limit = best.metric("bits_per_byte") * (1 + max_pct / 100)
+    within = [r for r in scored if r.metric("bits_per_byte") <= limit]
+    label = f"within +{max_pct:g}% bits/byte of the lowest (across models)"
+    lines = _best_lines(run, within, label, lambda row: f"{fmt_sig(row.metric('bits_per_byte'), 4)} bits/byte")
+    fitting = [r for r in scored if budget_mb is None
+               or (r.metric("peak_rss_mb") is not None and r.metric("peak_rss_mb") <= budget_mb)]
+    scope = "(no memory budget set)" if budget_mb is None else f"under {budget_mb:g} MB peak memory"
+    if fitting:
+        lowest = min(fitting, key=lambda r: r.metric("bits_per_byte"))
+        lines.append(f"Lowest bits/byte {scope}: {run.label(lowest)}, {fmt_sig(lowest.metric('bits_per_byte'), 4)} "
+                     f"bits/byte, PPL {fmt_sig(lowest.metric('ppl'), 4)}.")
+    else:
+        lines.append(f"No variant with bits per byte fits {scope}.")
     return lines
 
 
@@ -292,16 +378,36 @@ def recommendations(
     lowest PPL is not significant (``divergence_report.ties_with_best``).
     """
     max_pct, budget_mb = resolve_settings(run, max_ppl_increase_pct, memory_budget_mb)
-    scored = [r for r in run.results if r.ok and r.metric("ppl") is not None]
-    lines = _within_limit_lines(run, scored, max_pct) + _memory_line(run, scored, budget_mb)
+    if run.multi_model:
+        lines = _across_models_lines(run, max_pct, budget_mb)
+        for view in run.per_model():
+            scored = [r for r in view.results if r.ok and r.metric("ppl") is not None]
+            lines += [f"{view.title}: {line}" for line in _within_limit_lines(view, scored, max_pct)]
+    else:
+        scored = [r for r in run.results if r.ok and r.metric("ppl") is not None]
+        lines = _within_limit_lines(run, scored, max_pct) + _memory_line(run, scored, budget_mb)
+    if len(machines(run)) > 1:
+        lines.append(f"Rows were measured on {len(machines(run))} different machines (m1, m2, ... in the marks and "
+                     "the header): compare speeds only between rows of one machine.")
     for row in run.results:
         if row.status in ("failed", "unavailable"):
-            lines.append(f"{row.status.capitalize()}: {row.variant}: {row.error or 'no reason given'}")
+            lines.append(f"{row.status.capitalize()}: {run.label(row)}: {row.error or 'no reason given'}")
     return lines
 
 
 def summary(run: RunRecord) -> dict[str, Any]:
-    """What the report derives from a run, as plain data: ΔPPL, the KLD noise floor, frontiers, recommendations."""
+    """What the report derives from a run, as plain data: ΔPPL, the KLD noise floor, frontiers, recommendations.
+
+    With several models the per-model part sits under ``models``, by model name.
+    """
+    across = {"pareto": frontier_names(run), "recommendations": recommendations(run)}
+    if run.multi_model:
+        return {"models": {view.title: _model_summary(view) for view in run.per_model()},
+                "accuracy_key": accuracy_key(run), **across}
+    return {**_model_summary(run), **across}
+
+
+def _model_summary(run: RunRecord) -> dict[str, Any]:
     ref_ppl = reference_ppl(run)
     floor, floor_source = kld_noise_floor(run)
     return {
@@ -312,31 +418,44 @@ def summary(run: RunRecord) -> dict[str, Any]:
         "indistinguishable_from_reference": [
             r.variant for r in run.results if r.variant != run.reference and indistinguishable(r, floor)
         ],
-        "pareto": frontier_names(run),
-        "recommendations": recommendations(run),
     }
 
 
 def header_lines(run: RunRecord) -> list[str]:
-    """One-line descriptions of the model, the text scored and the machine."""
-    model, corpus = run.model, run.corpus
-    sha = (model.source_sha256 or "")[:12]
+    """One-line descriptions of the models, the text scored and the machines."""
+    corpus = run.corpus
+    shown = {key: ABSENT if value is None else value for key, value in
+             (("name", corpus.name), ("protocol", corpus.protocol), ("ctx", corpus.ctx))}
+    lines = [f"run {run.run_id or ABSENT} at {run.created_utc or ABSENT}"]
+    text = f"corpus {shown['name']}, protocol {shown['protocol']}, ctx {shown['ctx']}"
+    if run.multi_model:
+        lines += [f"model {_model_line(m)}: {_or_absent(m.tokens_scored)} tokens scored ({m.tokenizer or ABSENT} "
+                  f"tokenizer); reference {m.reference}" for m in run.models]
+        lines.append(f"{text}; every model scored the same {_or_absent(corpus.text_bytes)} bytes of text")
+    else:
+        model = run.models[0] if run.models else ModelInfo()
+        lines += [f"model {_model_line(model)}",
+                  f"{text}, {_or_absent(model.tokens_scored)} tokens scored; reference {run.reference}"]
     # The environment's scalar facts; nested ones (versions, gpus) stay in report.json.
     machine = ", ".join(f"{k} {v}" for k, v in run.environment.items() if isinstance(v, (str, int, float)) and v != "")
-    shown = {key: ABSENT if value is None else value for key, value in
-             (("name", corpus.name), ("protocol", corpus.protocol), ("ctx", corpus.ctx),
-              ("tokens", corpus.tokens_scored))}
-    lines = [
-        f"run {run.run_id or ABSENT} at {run.created_utc or ABSENT}",
-        f"model {model.name or ABSENT}" + (f" (sha256 {sha}…)" if sha else ""),
-        f"corpus {shown['name']}, protocol {shown['protocol']}, ctx {shown['ctx']}, "
-        f"{shown['tokens']} tokens scored; reference {run.reference}",
-    ]
     if machine:
         lines.append(f"machine: {machine}")
+    found = machines(run)
+    if len(found) > 1:
+        lines.append("rows measured on: " + "; ".join(
+            f"m{i} = {cpu or ABSENT}" + (f" with {gpu}" if gpu else "") for i, (cpu, gpu) in enumerate(found, 1)))
     if run.settings.threads and "threads" not in run.environment:  # older runs kept it in the settings only
         lines.append(f"threads {run.settings.threads}")
     return lines
+
+
+def _model_line(model: ModelInfo) -> str:
+    sha = (model.source_sha256 or "")[:12]
+    return f"{model.name or ABSENT}" + (f" (sha256 {sha}…)" if sha else "")
+
+
+def _or_absent(value: Any) -> Any:
+    return ABSENT if value is None else value
 
 
 def render_text(run: RunRecord) -> str:

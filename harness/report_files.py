@@ -22,6 +22,7 @@ from harness.report_html import FRONTIER_COLOUR, OTHER_COLOUR, RUNTIME_COLOURS
 from harness.results import RunRecord, VariantRow
 
 FILE_NAMES = ("report.json", "results.csv", "report.md", "tradeoff.png", "report.html")
+MODEL_MARKERS = ("o", "s", "D", "^", "P", "*", "h", "v")  # tradeoff.png's marker shape per model
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -58,7 +59,7 @@ def report_json(run: RunRecord) -> str:
 
 
 def _flat_row(row: VariantRow, ref_ppl: float | None) -> dict:
-    flat = {k: getattr(row, k) for k in ("variant", "runtime", "precision", "status", "error")}
+    flat = {k: getattr(row, k) for k in ("model", "variant", "runtime", "precision", "status", "error")}
     flat["delta_ppl_pct"] = report.delta_ppl_pct(row, ref_ppl)
     for section in (row.accuracy, row.efficiency):
         for key, value in (section.to_dict() if section is not None else {}).items():
@@ -76,12 +77,12 @@ def _flat_row(row: VariantRow, ref_ppl: float | None) -> dict:
 
 
 def results_csv(run: RunRecord) -> str:
-    """One CSV line per variant: identity, ΔPPL %, then every accuracy and efficiency key.
+    """One CSV line per row: model, variant, identity, ΔPPL % (against its model's reference), then every
+    accuracy and efficiency key.
 
     Spreads become ``_min``/``_max`` columns and intervals ``_ci_low``/``_ci_high``.
     """
-    ref_ppl = report.reference_ppl(run)
-    flats = [_flat_row(row, ref_ppl) for row in run.results]
+    flats = [_flat_row(row, report.reference_ppl(view)) for view in run.per_model() for row in view.results]
     columns = list(dict.fromkeys(key for flat in flats for key in flat))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
@@ -96,9 +97,9 @@ def report_markdown(run: RunRecord) -> str:
     header = "\n".join(f"- {line}" for line in report.header_lines(run))
     recs = "\n".join(f"- {line}" for line in report.recommendations(run))
     return (
-        f"# harness compare: {run.model.name or ''}\n\n{header}\n\n"
+        f"# harness compare: {run.title}\n\n{header}\n\n"
         f"{report.render_table(run, 'github')}\n\n{report.LEGEND}\n\n"
-        f"## Recommendations\n\n{recs}\n\n![PPL against decode speed](tradeoff.png)\n"
+        f"## Recommendations\n\n{recs}\n\n![accuracy against decode speed](tradeoff.png)\n"
     )
 
 
@@ -169,32 +170,37 @@ def place_labels(ax, xy: list[tuple[float, float]], texts: list[str], marker_rad
 
 
 def tradeoff_figure(run: RunRecord):
-    """PPL against decode tok/s: marker area by peak RSS, colour by runtime, error bars from the intervals,
-    the speed frontier drawn, labels placed apart. The caller closes the figure."""
+    """PPL (bits per byte with several models) against decode tok/s: marker area by peak RSS, colour by runtime,
+    shape by model, error bars from the intervals, the speed frontier drawn, labels placed apart.
+    The caller closes the figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display here; must precede pyplot
     import matplotlib.pyplot as plt
 
-    rows = [r for r in run.results if r.ok and r.metric("ppl") is not None and r.metric("decode_tok_s") is not None]
-    ref_ppl = report.reference_ppl(run)
+    y_key = report.accuracy_key(run)
+    rows = [r for r in run.results if r.ok and r.metric(y_key) is not None and r.metric("decode_tok_s") is not None]
+    ref_ppl = report.reference_ppl(run)  # None with several models
+    shapes = {m.name: MODEL_MARKERS[i % len(MODEL_MARKERS)] for i, m in enumerate(run.models)}
     fig, ax = plt.subplots(figsize=(10, 6.5), dpi=100)
     rss = [r.metric("peak_rss_mb") for r in rows]
     rss_max = max((m for m in rss if m is not None), default=None)
     # Area proportional to memory, 40..600 pt^2; unknown memory gets the smallest marker.
     areas = [40 + 560 * (mem / rss_max) if mem and rss_max else 40 for mem in rss]
-    xy = [(r.metric("decode_tok_s"), r.metric("ppl")) for r in rows]
+    xy = [(r.metric("decode_tok_s"), r.metric(y_key)) for r in rows]
     colours = [RUNTIME_COLOURS.get(r.runtime, OTHER_COLOUR) for r in rows]
-    xerr, yerr = _errors(rows, "decode_tok_s", ref_ppl), _errors(rows, "ppl", ref_ppl)
+    xerr, yerr = _errors(rows, "decode_tok_s", ref_ppl), _errors(rows, y_key, ref_ppl)
     for i, ((x, y), colour) in enumerate(zip(xy, colours)):  # one call per point: ecolor takes one colour
         ax.errorbar([x], [y], xerr=None if xerr is None else [[xerr[0][i]], [xerr[1][i]]],
                     yerr=None if yerr is None else [[yerr[0][i]], [yerr[1][i]]],
                     fmt="none", ecolor=colour, elinewidth=1, capsize=2, alpha=0.6, zorder=1)
-    ax.scatter([p[0] for p in xy], [p[1] for p in xy], s=areas, c=colours, alpha=0.7, edgecolors="black",
-               linewidths=0.5, zorder=2)
-    front = report.pareto_front(rows, "decode_tok_s", "ppl")
+    for shape in dict.fromkeys(shapes.get(r.model, "o") for r in rows):  # one scatter per marker shape
+        mine = [i for i, r in enumerate(rows) if shapes.get(r.model, "o") == shape]
+        ax.scatter([xy[i][0] for i in mine], [xy[i][1] for i in mine], s=[areas[i] for i in mine],
+                   c=[colours[i] for i in mine], marker=shape, alpha=0.7, edgecolors="black", linewidths=0.5, zorder=2)
+    front = report.pareto_front(rows, "decode_tok_s", y_key)
     if len(front) > 1:
-        ax.plot([r.metric("decode_tok_s") for r in front], [r.metric("ppl") for r in front],
+        ax.plot([r.metric("decode_tok_s") for r in front], [r.metric(y_key) for r in front],
                 color=FRONTIER_COLOUR, linewidth=2, zorder=0, label="Pareto frontier (speed)")
     if ref_ppl is not None:
         max_pct, _ = report.resolve_settings(run)
@@ -203,15 +209,19 @@ def tradeoff_figure(run: RunRecord):
     for runtime, colour in RUNTIME_COLOURS.items():
         if any(r.runtime == runtime for r in rows):
             ax.scatter([], [], color=colour, label=runtime)
+    if run.multi_model:
+        for model, shape in shapes.items():
+            ax.scatter([], [], color="grey", marker=shape, label=model)
     ppls = [p[1] for p in xy]
     if ppls and max(ppls) / min(ppls) > 3:
         ax.set_yscale("log")  # a Q2_K outlier would flatten every other variant
     if not rows:
-        ax.text(0.5, 0.5, "no variant has both a PPL and a decode speed", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, f"no variant has both {'bits per byte' if run.multi_model else 'a PPL'} and a decode speed",
+                ha="center", transform=ax.transAxes)
     ax.margins(0.12)
     ax.set_xlabel("decode tok/s (higher is better)")
-    ax.set_ylabel("perplexity (lower is better)")
-    ax.set_title(f"{run.model.name + ': ' if run.model.name else ''}accuracy against speed (marker area: peak RSS)\n"
+    ax.set_ylabel(f"{'bits per byte' if run.multi_model else 'perplexity'} (lower is better)")
+    ax.set_title(f"{run.title + ': ' if run.title else ''}accuracy against speed (marker area: peak RSS)\n"
                  "error bars: 95% intervals (a speed without one: min–max over the repetitions)", fontsize=10)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -219,7 +229,7 @@ def tradeoff_figure(run: RunRecord):
     fig.tight_layout()
     fig.canvas.draw()  # the final layout, so the labels are placed where they will be drawn
     radii = [math.sqrt(a) / 2 * fig.dpi / 72 for a in areas]
-    place_labels(ax, xy, [r.precision or r.variant for r in rows], radii)
+    place_labels(ax, xy, [run.label(r) if run.multi_model else (r.precision or r.variant) for r in rows], radii)
     return fig
 
 

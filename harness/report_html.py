@@ -46,7 +46,9 @@ EFFICIENCY_AXES = (
 )
 # report.LARGER_IS_BETTER, extended to every axis above.
 LARGER_IS_BETTER = {**report.LARGER_IS_BETTER, **{key: up for key, _, up in ACCURACY_AXES + EFFICIENCY_AXES}}
-DEFAULT_AXES = ("decode_tok_s", "ppl")  # x, y: the pair tradeoff.png shows
+DEFAULT_AXES = ("decode_tok_s", "ppl")  # x, y: the pair tradeoff.png shows (y: bits per byte with several models)
+# Marker shapes that tell models apart (plotly names; colour stays the runtime's).
+MODEL_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "cross", "star", "hexagon", "triangle-down")
 # Figures whose standard error gives their interval; the others take `<key>_ci`, else the repetitions' spread.
 STDERR_OF = {"ppl": "ppl_stderr", "kld_mean": "kld_stderr", "top1_agreement": "top1_agreement_stderr"}
 CI_95, SPREAD = "95% interval", "min–max over the repetitions"
@@ -98,28 +100,35 @@ def _fmt_figure(value: float | None, interval: tuple[float, float, str] | None) 
 
 
 def plot_data(run: RunRecord) -> dict[str, Any]:
-    """What the page's plot needs, as plain JSON: axes, points with intervals, and every pair's frontier."""
-    ref_ppl = report.reference_ppl(run)
+    """What the page's plot needs, as plain JSON: axes, points with intervals, and every pair's frontier.
+
+    A point is named by its row's label (``model/variant`` when the run has
+    several models), takes its colour from its runtime and its marker shape
+    from its model; ΔPPL is against its own model's reference.
+    """
+    ref_ppls = {view.models[0].name: report.reference_ppl(view) for view in run.per_model()}
+    symbols = {m.name: MODEL_SYMBOLS[i % len(MODEL_SYMBOLS)] for i, m in enumerate(run.models)}
     rows = [r for r in run.results if r.ok]
     axes = {"x": [], "y": []}
     values: dict[str, dict[str, float]] = {}
     for side, catalogue in (("y", ACCURACY_AXES), ("x", EFFICIENCY_AXES)):
         for key, label, up in catalogue:
-            present = {r.variant: v for r in rows if (v := metric_value(r, key, ref_ppl)) is not None}
+            present = {run.label(r): v for r in rows if (v := metric_value(r, key, ref_ppls.get(r.model))) is not None}
             if present:
                 better = "higher" if up else "lower"
                 axes[side].append({"key": key, "label": label, "title": f"{label} ({better} is better)"})
                 values[key] = present
     points = []
     for row in rows:
-        figures = {}
+        name, figures = run.label(row), {}
         for key, named in values.items():
-            if row.variant in named:
-                interval = metric_interval(row, key, ref_ppl)
-                figures[key] = {"value": named[row.variant], "low": interval and interval[0],
-                                "high": interval and interval[1], "text": _fmt_figure(named[row.variant], interval)}
-        points.append({"variant": row.variant, "runtime": row.runtime, "precision": row.precision,
-                       "colour": RUNTIME_COLOURS.get(row.runtime, OTHER_COLOUR), "figures": figures})
+            if name in named:
+                interval = metric_interval(row, key, ref_ppls.get(row.model))
+                figures[key] = {"value": named[name], "low": interval and interval[0],
+                                "high": interval and interval[1], "text": _fmt_figure(named[name], interval)}
+        points.append({"variant": name, "model": row.model, "runtime": row.runtime, "precision": row.precision,
+                       "colour": RUNTIME_COLOURS.get(row.runtime, OTHER_COLOUR),
+                       "symbol": symbols.get(row.model, MODEL_SYMBOLS[0]), "figures": figures})
     frontiers = {}
     for x in (a["key"] for a in axes["x"]):
         for y in (a["key"] for a in axes["y"]):
@@ -127,9 +136,10 @@ def plot_data(run: RunRecord) -> dict[str, Any]:
             frontiers[f"{x}|{y}"] = report.pareto_names(both, LARGER_IS_BETTER[x], LARGER_IS_BETTER[y])
     keys = [a["key"] for a in axes["x"] + axes["y"]]
     default = [k if k in keys else (axes[side][0]["key"] if axes[side] else None)
-               for k, side in zip(DEFAULT_AXES, ("x", "y"))]
+               for k, side in zip((DEFAULT_AXES[0], report.accuracy_key(run)), ("x", "y"))]
     return {"axes": axes, "points": points, "frontiers": frontiers, "default": {"x": default[0], "y": default[1]},
-            "frontier_colour": FRONTIER_COLOUR, "labels": {k: lab for k, lab, _ in ACCURACY_AXES + EFFICIENCY_AXES}}
+            "frontier_colour": FRONTIER_COLOUR, "labels": {k: lab for k, lab, _ in ACCURACY_AXES + EFFICIENCY_AXES},
+            "models": list(symbols.items()) if run.multi_model else []}
 
 
 def sort_key(cell: str) -> float | None:
@@ -143,14 +153,15 @@ def table_html(run: RunRecord) -> str:
     rows = report.table_rows(run)
     numeric = [all(cell == report.ABSENT or sort_key(cell) is not None for cell in column)
                and any(cell != report.ABSENT for cell in column) for column in zip(*rows)] if rows else []
-    numeric += [False] * (len(report.HEADERS) - len(numeric))
+    headers = report.headers(run)
+    numeric += [False] * (len(headers) - len(numeric))
     head = "".join(f'<th class="{"num" if n else "text"}" data-type="{"num" if n else "text"}" tabindex="0">'
-                   f"{html.escape(h)}</th>" for h, n in zip(report.HEADERS, numeric))
+                   f"{html.escape(h)}</th>" for h, n in zip(headers, numeric))
     body = []
     for row, cells in zip(run.results, rows):
         tds = []
         for i, (cell, is_num) in enumerate(zip(cells, numeric)):
-            attrs = f' data-variant="{html.escape(row.variant)}"' if i == 0 else ""
+            attrs = f' data-variant="{html.escape(run.label(row))}"' if i == 0 else ""
             key = sort_key(cell) if is_num else None
             attrs += f' class="num" data-sort="{key!r}"' if key is not None else (' class="num"' if is_num else "")
             tds.append(f"<td{attrs}>{html.escape(cell)}</td>")
@@ -219,12 +230,17 @@ def _divergence_html(row: VariantRow, reference_row: VariantRow | None) -> str:
     return definition_list((key, _field(row, key)) for key in DIVERGENCE_DETAIL)
 
 
-def detail_html(row: VariantRow, reference_row: VariantRow | None) -> str:
-    """One variant's panel: status, accuracy, divergence statistics, latencies, resources, backend settings."""
-    title = html.escape(row.variant)
+def detail_html(row: VariantRow, reference_row: VariantRow | None, label: str | None = None) -> str:
+    """One variant's panel: status, accuracy, divergence statistics, latencies, resources, backend settings.
+
+    ``label`` names it (the run's ``label(row)``); default the variant's name.
+    """
+    title = html.escape(label or row.variant)
+    node = row.node.to_dict() if row.node is not None else {}
     parts = [f"<h3>{title}</h3>",
-             definition_list([("runtime", row.runtime), ("precision", row.precision), ("status", row.status),
-                              ("error", row.error)])]
+             definition_list([("model", row.model), ("runtime", row.runtime), ("precision", row.precision),
+                              ("status", row.status), ("error", row.error),
+                              *((f"measured on ({key})", value) for key, value in node.items())])]
     if row.traceback:
         parts.append(f'<details><summary>traceback</summary><pre>{html.escape(row.traceback)}</pre></details>')
     sections = (
@@ -252,6 +268,11 @@ def _script_json(data: Any) -> str:
     return json.dumps(data, allow_nan=False, ensure_ascii=False).replace("<", "\\u003c")
 
 
+def _reference_row(run: RunRecord, row: VariantRow) -> VariantRow | None:
+    view = run.for_model(row.model)
+    return view.row(view.reference) if view.reference else None
+
+
 def _asset(name: str) -> str:
     return resources.files("harness").joinpath(name).read_text(encoding="utf-8")
 
@@ -263,11 +284,11 @@ def report_html(run: RunRecord, png: bytes) -> str:
     """
     from plotly.offline import get_plotlyjs  # the library's own minified bundle, embedded whole
 
-    title = html.escape(f"harness compare: {run.model.name or ''}")
+    title = html.escape(f"harness compare: {run.title}")
     recs = "".join(f"<li>{html.escape(line)}</li>" for line in report.recommendations(run))
-    reference_row = run.row(run.reference) if run.reference else None
-    details = "\n".join(detail_html(row, reference_row) for row in run.results)
-    meta = "".join(f"<div>{html.escape(line)}</div>" for line in report.header_lines(run)[:3])
+    details = "\n".join(detail_html(row, _reference_row(run, row), run.label(row)) for row in run.results)
+    header = report.header_lines(run)
+    meta = "".join(f"<div>{html.escape(line)}</div>" for line in header if not line.startswith("machine:"))
     image = base64.b64encode(png).decode("ascii")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

@@ -52,7 +52,8 @@
         type: "scatter", mode: "markers", name: runtime,
         x: figures.map((f) => f[x].value), y: figures.map((f) => f[y].value),
         error_x: errorBar(figures, x), error_y: errorBar(figures, y),
-        marker: { color: group[0].colour, size: 12, line: { color: "#000", width: 0.6 } },
+        marker: { color: group[0].colour, symbol: group.map((p) => p.symbol), size: 12,
+                  line: { color: "#000", width: 0.6 } },
         text: group.map((p) => hoverText(p, x, y)), customdata: group.map((p) => p.variant),
         hovertemplate: "%{text}<extra></extra>",
       });
@@ -65,6 +66,10 @@
         line: { color: data.frontier_colour, width: 3 },
         marker: { symbol: "circle-open", size: 20, color: data.frontier_colour, line: { width: 2 } },
       });
+    }
+    for (const [model, symbol] of data.models) {  // several models: a legend entry per marker shape
+      out.push({ type: "scatter", mode: "markers", name: model, x: [null], y: [null], hoverinfo: "skip",
+                 marker: { symbol: symbol, color: "#888", size: 12 } });
     }
     const chosen = shown.find((p) => p.variant === selected);
     if (chosen) {

@@ -13,10 +13,10 @@ round-trips through JSON unchanged. Fields marked optional are left out of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Mapping
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: several models per run (RunRecord.models, VariantRow.model); 1 is read as well
 OK, FAILED, UNAVAILABLE = "ok", "failed", "unavailable"
 
 _OPTIONAL = {"optional": True}
@@ -224,6 +224,7 @@ class NodeInfo(_Record):
     host: str | None = None
     cpu: str | None = None
     gpu: str | None = field(default=None, metadata=_OPTIONAL)  # the first NVIDIA GPU's name, absent without one
+    ray_node: str | None = field(default=None, metadata=_OPTIONAL)  # the Ray node's id (--ray): two nodes may share a host
 
     def hardware(self) -> tuple[str | None, str | None]:
         """What makes two rows' speeds comparable: the CPU and GPU, not the host's name."""
@@ -278,24 +279,26 @@ class VariantRow(_Record):
 
 @dataclass(frozen=True)
 class ModelInfo(_Record):
-    """The source every variant was made from."""
+    """One source some of the run's variants were made from, and how its rows were scored."""
 
-    name: str | None = None
+    name: str | None = None  # unique within the run; each of its rows names it in ``VariantRow.model``
     source: str | None = None  # its path
     source_sha256: str | None = None
+    reference: str | None = None  # its variant that its other variants' KLD and ΔPPL are measured against
+    tokenizer: str | None = None  # "llama.cpp" | "transformers"
+    tokens_scored: int | None = None  # per variant of this model
+    windows: int | None = None
 
 
 @dataclass(frozen=True)
 class CorpusInfo(_Record):
-    """The text scored and how it was windowed."""
+    """The text scored and how it was windowed; every model scored the same text."""
 
     name: str | None = None
     source: str | None = None
     protocol: str | None = None
     ctx: int | None = None
-    tokens_scored: int | None = None  # per variant
-    windows: int | None = None
-    tokenizer: str | None = None  # "llama.cpp" | "transformers"
+    text_bytes: int | None = None  # UTF-8 bytes of the text every model tokenized (cut at the same byte)
 
 
 @dataclass(frozen=True)
@@ -322,21 +325,72 @@ class RunSettings(_Record):
 
 @dataclass(frozen=True)
 class RunRecord(_Record):
-    """A finished (or resumed) run: what was measured, on what, with which settings, and one row per variant."""
+    """A finished (or resumed) run: what was measured, on what, with which settings, and one row per variant.
 
-    NESTED: ClassVar[dict[str, type]] = {"model": ModelInfo, "corpus": CorpusInfo, "settings": RunSettings}
-    NESTED_LISTS: ClassVar[dict[str, type]] = {"results": VariantRow}
+    A run holds one or more models; each row names its model, and accuracy
+    against a reference never crosses models. ``for_model`` gives the view of
+    one model, which reads like a single-model run.
+    """
+
+    NESTED: ClassVar[dict[str, type]] = {"corpus": CorpusInfo, "settings": RunSettings}
+    NESTED_LISTS: ClassVar[dict[str, type]] = {"models": ModelInfo, "results": VariantRow}
 
     schema_version: int = SCHEMA_VERSION
     run_id: str | None = None
     created_utc: str | None = None
-    model: ModelInfo = field(default_factory=ModelInfo)
+    models: tuple[ModelInfo, ...] = ()
     corpus: CorpusInfo = field(default_factory=CorpusInfo)
     environment: dict[str, Any] = field(default_factory=dict)  # harness.environment.capture_environment
-    reference: str | None = None  # the variant KLD and ΔPPL are measured against
     settings: RunSettings = field(default_factory=RunSettings)
     wall_s: float | None = None
     results: tuple[VariantRow, ...] = ()
 
-    def row(self, variant: str) -> VariantRow | None:
-        return next((r for r in self.results if r.variant == variant), None)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
+        return super().from_dict(_upgraded(data))
+
+    @property
+    def multi_model(self) -> bool:
+        return len(self.models) > 1
+
+    @property
+    def title(self) -> str:
+        """The models' names, for headings: "smollm2-135m" or "smollm2-135m vs tiny-llama"."""
+        return " vs ".join(m.name for m in self.models if m.name)
+
+    @property
+    def reference(self) -> str | None:
+        """The reference variant of a one-model run (or of a ``for_model`` view); None with several models."""
+        return self.models[0].reference if len(self.models) == 1 else None
+
+    def model_info(self, name: str | None) -> ModelInfo:
+        return next((m for m in self.models if m.name == name), ModelInfo())
+
+    def for_model(self, name: str | None) -> "RunRecord":
+        """This run seen as the run of one of its models: that model's info and rows only."""
+        return replace(self, models=(self.model_info(name),), results=tuple(r for r in self.results if r.model == name))
+
+    def per_model(self) -> list["RunRecord"]:
+        return [self.for_model(m.name) for m in self.models]
+
+    def label(self, row: VariantRow) -> str:
+        """How the report names a row: its variant, prefixed with its model when the run has several."""
+        return f"{row.model}/{row.variant}" if self.multi_model else row.variant
+
+    def row(self, variant: str, model: str | None = None) -> VariantRow | None:
+        """The row of ``variant`` (of ``model`` when given; a "model/variant" label works too)."""
+        if model is None and "/" in variant and self.multi_model:
+            model, variant = variant.split("/", 1)
+        return next((r for r in self.results if r.variant == variant and (model is None or r.model == model)), None)
+
+
+def _upgraded(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A run stored as schema 1 (one ``model``, one ``reference``, token facts in ``corpus``) in schema 2's shape."""
+    if "models" in data:
+        return data
+    model = dict(data.get("model") or {})
+    corpus = dict(data.get("corpus") or {})
+    info = {**model, "reference": data.get("reference"),
+            **{key: corpus.pop(key) for key in ("tokenizer", "tokens_scored", "windows") if key in corpus}}
+    rows = [{**row, "model": row.get("model") or info.get("name")} for row in data.get("results") or ()]
+    return {**data, "schema_version": SCHEMA_VERSION, "models": [info], "corpus": corpus, "results": rows}

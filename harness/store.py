@@ -27,7 +27,7 @@ STORE_SCHEMA_VERSION = 1  # kept in PRAGMA user_version
 SPEED_KEYS = ("prefill_tok_s", "decode_tok_s")
 DIFF_KEYS = ("ppl", "kld_mean", "prefill_tok_s", "decode_tok_s", "peak_rss_mb")
 # Run-level facts that, when they differ, explain a change in the numbers.
-CONTEXT_SECTIONS = ("model", "corpus", "environment", "settings")
+CONTEXT_SECTIONS = ("models", "corpus", "environment", "settings")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -117,10 +117,10 @@ def save(run: RunRecord, path: str | os.PathLike | None = None) -> str:
     record = (
         document["run_id"],
         document["created_utc"] or "",
-        document["model"]["name"],
+        run.title,
         document["corpus"]["name"],
-        document["corpus"]["tokens_scored"],
-        document["reference"],
+        document["models"][0].get("tokens_scored") if len(run.models) == 1 else None,  # several: one count each
+        ", ".join(dict.fromkeys(m["reference"] for m in document["models"] if m.get("reference"))) or None,
         len(run.results),
         sum(r.ok for r in run.results),
         json.dumps(document, allow_nan=False),
@@ -173,8 +173,9 @@ EXACT = "exact"  # both runs scored the same tokens: accuracy is deterministic, 
 STDERR = "stderr"  # different tokens: each run's standard error, as independent estimates
 STDERR_KEYS = {"ppl": "ppl_stderr", "kld_mean": "kld_stderr"}
 Z_95 = 1.959963984540054
-# The corpus facts that, with the model file's hash, fix the token ids a run scored.
-TOKEN_FACTS = ("name", "source", "protocol", "ctx", "tokens_scored", "windows", "tokenizer")
+# The facts that fix the token ids a model's variants scored: the model's (its file's hash among them) and the corpus's.
+MODEL_TOKEN_FACTS = ("source_sha256", "tokenizer", "tokens_scored", "windows")
+CORPUS_TOKEN_FACTS = ("name", "source", "protocol", "ctx", "text_bytes")
 
 
 @dataclass(frozen=True)
@@ -266,12 +267,13 @@ def accuracy_change(row_a: VariantRow | None, row_b: VariantRow | None, key: str
     return Change(key, a, b, low > 1.0 or high < 1.0, (low, high), STDERR)
 
 
-def same_tokens(run_a: RunRecord, run_b: RunRecord) -> bool:
-    """Whether both runs scored the very same token ids: the same model file (hash) and corpus, windowed alike."""
-    sha = run_a.model.source_sha256
-    facts = [tuple(getattr(run.corpus, name) for name in TOKEN_FACTS) for run in (run_a, run_b)]
-    known = facts[0][0] is not None and facts[0][TOKEN_FACTS.index("tokens_scored")] is not None
-    return bool(sha) and sha == run_b.model.source_sha256 and known and facts[0] == facts[1]
+def same_tokens(run_a: RunRecord, run_b: RunRecord, model: str | None) -> bool:
+    """Whether ``model``'s variants scored the very same token ids in both runs: same file (hash), corpus, windows."""
+    infos = [run.model_info(model) for run in (run_a, run_b)]
+    facts = [tuple(getattr(info, name) for name in MODEL_TOKEN_FACTS) for info in infos]
+    corpus = [tuple(getattr(run.corpus, name) for name in CORPUS_TOKEN_FACTS) for run in (run_a, run_b)]
+    known = facts[0][0] is not None and facts[0][MODEL_TOKEN_FACTS.index("tokens_scored")] is not None
+    return known and facts[0] == facts[1] and corpus[0] == corpus[1]
 
 
 def _rows_same_tokens(row_a: VariantRow | None, row_b: VariantRow | None) -> bool:
@@ -282,17 +284,21 @@ def _rows_same_tokens(row_a: VariantRow | None, row_b: VariantRow | None) -> boo
 
 def _flatten(value, prefix: str) -> dict:
     if isinstance(value, dict):
-        flat = {}
-        for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}"))
-        return flat
-    return {prefix: value}
+        items = value.items()
+    elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):  # e.g. the models
+        items = ((str(i), item) for i, item in enumerate(value))
+    else:
+        return {prefix: value}
+    flat = {}
+    for key, item in items:
+        flat.update(_flatten(item, f"{prefix}.{key}"))
+    return flat
 
 
 def _context_changes(run_a: RunRecord, run_b: RunRecord) -> tuple[str, ...]:
     dict_a, dict_b = run_a.to_dict(), run_b.to_dict()
     flat_a, flat_b = {}, {}
-    for section in CONTEXT_SECTIONS + ("reference",):
+    for section in CONTEXT_SECTIONS:
         flat_a.update(_flatten(dict_a.get(section), section))
         flat_b.update(_flatten(dict_b.get(section), section))
     keys = dict.fromkeys(list(flat_a) + list(flat_b))
@@ -317,17 +323,21 @@ def _changes(row_a: VariantRow | None, row_b: VariantRow | None, same: bool, sam
 
 
 def diff(run_a: RunRecord, run_b: RunRecord) -> RunDiff:
-    """Per variant (A's order, then B's new ones), what changed in PPL, KLD, speeds and peak RSS, and whether it is real.
+    """Per row (A's order, then B's new ones), what changed in PPL, KLD, speeds and peak RSS, and whether it is real.
 
-    KLD is exact only when both runs also measured it against the same reference.
+    Rows pair by model and variant. KLD is exact only when both runs also
+    measured it against the same reference.
     """
-    rows_a = {r.variant: r for r in run_a.results}
-    rows_b = {r.variant: r for r in run_b.results}
-    same = same_tokens(run_a, run_b)
-    same_reference = run_a.reference == run_b.reference
+    rows_a = {(r.model, r.variant): r for r in run_a.results}
+    rows_b = {(r.model, r.variant): r for r in run_b.results}
+    labels = {**{key: run_b.label(r) for key, r in rows_b.items()}, **{key: run_a.label(r) for key, r in rows_a.items()}}
     variants = []
-    for name in dict.fromkeys(list(rows_a) + list(rows_b)):
-        row_a, row_b = rows_a.get(name), rows_b.get(name)
-        variants.append(VariantDiff(name, row_a.status if row_a else None, row_b.status if row_b else None,
+    for key in dict.fromkeys(list(rows_a) + list(rows_b)):
+        model = key[0]
+        row_a, row_b = rows_a.get(key), rows_b.get(key)
+        same = same_tokens(run_a, run_b, model)
+        same_reference = run_a.model_info(model).reference == run_b.model_info(model).reference
+        variants.append(VariantDiff(labels[key], row_a.status if row_a else None, row_b.status if row_b else None,
                                     _changes(row_a, row_b, same, same_reference)))
-    return RunDiff(run_a.run_id or "A", run_b.run_id or "B", _context_changes(run_a, run_b), tuple(variants), same)
+    same_all = all(same_tokens(run_a, run_b, m.name) for m in run_a.models) if run_a.models else False
+    return RunDiff(run_a.run_id or "A", run_b.run_id or "B", _context_changes(run_a, run_b), tuple(variants), same_all)

@@ -216,8 +216,8 @@ def test_write_report_writes_every_file_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(report_files.FILE_NAMES)  # no temp files left
 
     document = json.loads(paths["report.json"].read_text())
-    assert document["schema_version"] == 1 and document["reference"] == "llamacpp-f32"
-    assert document["corpus"].items() >= run["corpus"].items() and len(document["results"]) == 11
+    assert document["schema_version"] == 2 and document["models"][0]["reference"] == "llamacpp-f32"
+    assert document["corpus"]["name"] == run["corpus"]["name"] and len(document["results"]) == 11
     assert document["results"][1]["accuracy"]["ppl_stderr"] is None
     assert document["summary"]["pareto"]["ppl_vs_decode_tok_s"][0] == "llamacpp-f32"
     assert document["summary"]["delta_ppl_pct"]["llamacpp-q2_k"] == pytest.approx(30.0)
@@ -230,7 +230,7 @@ def test_write_report_writes_every_file_atomically(tmp_path):
     assert table[3]["status"] == "unavailable" and table[3]["ppl"] == ""
 
     markdown = paths["report.md"].read_text()
-    assert re.search(r"\| llamacpp +\| q4_k_m", markdown) and "![PPL against decode speed](tradeoff.png)" in markdown
+    assert re.search(r"\| llamacpp +\| q4_k_m", markdown) and "![accuracy against decode speed](tradeoff.png)" in markdown
     page = paths["report.html"].read_text()
     assert page.count("<tr>") == 12 and "data:image/png;base64,iVBORw0KGgo" in page
 
@@ -416,7 +416,7 @@ def test_show_variant_prints_llama_perplexity_layout_and_an_unknown_name_is_one_
     assert "Same top p: 96.667 ± 0.795 %" in out
     assert cli.main(["show", "20261126T19", "--variant", "llamacpp-q9", "--store", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --variant llamacpp-q9: run 20261126T194630-abcd has no variant")
+    assert len(err) == 1 and err[0].startswith("error: --variant llamacpp-q9: run 20261126T194630-abcd: 'llamacpp-q9' is not in it")
     assert "llamacpp-q8_0" in err[0] and "torch-fp32" in err[0]
 
 
