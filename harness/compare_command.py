@@ -64,8 +64,11 @@ class _Model:
 
 def run_compare(config: CompareConfig) -> int:
     """Run the comparison ``config`` describes; the exit status is 0 when every variant is ok, else 1."""
+    from harness.nvml import check_cuda_device
+
     started = time.perf_counter()
     config = _resolved(config)
+    check_cuda_device(config.device)  # a GPU this machine lacks stops the run here, before anything is built
     inputs = _resolve_inputs(config)
     models, text_bytes = _prepare_models(config, inputs)
     out_dir, run_id = _out_dir_and_run_id(config)  # only once every input has been checked
@@ -154,9 +157,9 @@ def _prepare(config: CompareConfig, source: Source) -> tuple[PrepareResult, list
     from harness.prepare_command import prepare_with_progress
     from harness.variants import with_reference
 
-    names = with_reference(list(config.variants) if config.variants else None, config.reference, source)
+    names = with_reference(list(config.variants) if config.variants else None, config.reference, source, config.device)
     try:
-        result = prepare_with_progress(source, names, config.cache_dir, config.threads)
+        result = prepare_with_progress(source, names, config.cache_dir, config.threads, config.device)
     except UserError as exc:
         unknown = str(exc.value).split(",") if exc.setting == "variants" else []
         if config.reference and config.reference in unknown and config.reference not in (config.variants or ()):
@@ -189,8 +192,8 @@ def _model(config: CompareConfig, name: str, source: Source, prepared: tuple[Pre
                             token_budget, config.max_chunks, text_name=text.corpus_name)
     result, names = prepared
     variants = tuple(v for v in result.variants.values() if names is None or v.name in names)
-    return _Model(name, source, result, variants, choose_reference(config.reference, variants), tokenizer, text,
-                  tuple(windows))
+    reference = choose_reference(config.reference, variants, config.device)
+    return _Model(name, source, result, variants, reference, tokenizer, text, tuple(windows))
 
 
 def _hf_dir(prepared: PrepareResult) -> Path | None:
@@ -252,10 +255,10 @@ def _jobs(model: _Model, inputs: MeasureInputs, out_dir: Path, several: bool) ->
 
 def _measure(jobs: list[VariantJob], out_dir: Path, config: CompareConfig) -> list[VariantRow]:
     """Each job in its own child, here or as a Ray task; rows in job order."""
-    from harness.runner import run_variants
-
     if config.ray:  # the same jobs as Ray tasks (harness.ray_runner): one measurement per node at a time
-        from harness.ray_runner import run_variants_on_ray as run_variants  # noqa: F811
+        from harness.ray_runner import run_variants_on_ray as run_variants
+    else:
+        from harness.runner import run_variants
     return run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout, resume=config.resume,
                         on_row=_progress_line(len(jobs), several=len({j.model for j in jobs}) > 1),
                         **({"address": config.ray} if config.ray else {}))
