@@ -47,13 +47,14 @@ def backend_class(runtime: str):
     return getattr(module, class_name)
 
 
-def runtime_unavailable_reason(runtime: str) -> str | None:
-    """None when the runtime imports, else the reason it does not."""
+def runtime_unavailable_reason(runtime: str, device: str = "cpu") -> str | None:
+    """None when the runtime imports and its installed build runs on ``device``, else the reason it does not."""
     try:
-        backend_class(runtime)
+        cls = backend_class(runtime)
     except RuntimeUnavailable as exc:
         return str(exc)
-    return None
+    reason = cls.device_unavailable_reason(device)
+    return f"{runtime} on {device}: {reason}" if reason else None
 
 
 def open_backend(variant: Variant, threads: int | None = None, device: str = "cpu", settings: Any = None):
@@ -62,6 +63,8 @@ def open_backend(variant: Variant, threads: int | None = None, device: str = "cp
     ``threads``: None means every usable CPU (``harness.environment.thread_count``).
     ``settings``: the variant's runtime's settings object (``SETTINGS_CLASSES[variant.runtime]``),
     None for its defaults; one of another runtime is a TypeError, raised before the runtime is imported.
+    RuntimeUnavailable when the runtime does not import, or its installed build cannot run on ``device``
+    (a CPU-only build asked for ``cuda``): the message says why and what to install.
     """
     expected = SETTINGS_CLASSES.get(variant.runtime)
     if settings is not None and expected is not None and not isinstance(settings, expected):
@@ -69,4 +72,8 @@ def open_backend(variant: Variant, threads: int | None = None, device: str = "cp
             f"{variant.name}: runtime {variant.runtime!r} takes {expected.__name__} settings "
             f"(or None for its defaults), got {type(settings).__name__}"
         )
-    return backend_class(variant.runtime)(variant, threads=threads, device=device, settings=settings)
+    cls = backend_class(variant.runtime)
+    reason = cls.device_unavailable_reason(device)
+    if reason:
+        raise RuntimeUnavailable(f"{variant.runtime} on {device}: {reason}")
+    return cls(variant, threads=threads, device=device, settings=settings)

@@ -6,6 +6,11 @@ checks the sequence, takes the subclass's logits block by block and pairs each
 block with its targets. Production scoring hands those blocks to
 ``harness.kernels`` in ``harness/accuracy.py``, so every runtime's accuracy
 comes from the same math; ``logprobs`` is a convenience over the same blocks.
+
+On a GPU a runtime that computes its logits there may hand them over where they
+are (a CUDA torch tensor): ``harness.kernels`` scores them on the device, so a
+block never crosses PCIe. ``device_unavailable_reason`` says when a runtime's
+installed build cannot run on a device, and what installs one that can.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 
 from harness.environment import thread_count
 from harness.manifest import Variant
+from harness.nvml import cuda_index
 
 # Rows of float32 logits handed out at once: 256 x 49,152 x 4 B = 50 MB for SmolLM2.
 DEFAULT_BLOCK_ROWS = 256
@@ -33,7 +39,7 @@ class LogitBlock:
     """
 
     start: int
-    logits: np.ndarray  # (n, V) float32, C-contiguous
+    logits: Any  # (n, V) float32, C-contiguous: a numpy array, or a GPU array (harness.kernels.is_device_array)
     targets: np.ndarray  # (n,) int64
 
 
@@ -102,6 +108,17 @@ class Backend(abc.ABC):
     def synchronize(self) -> None:
         """Wait for queued device work; a no-op on the CPU."""
 
+    @classmethod
+    def device_unavailable_reason(cls, device: str) -> str | None:
+        """None when this runtime's installed build runs on ``device``, else why not and the command that fixes it.
+
+        Called before a backend is made (``harness.backends.open_backend``); the
+        CPU always passes. A runtime without GPU support overrides nothing.
+        """
+        if cuda_index(device) is None:
+            return None
+        return f"the {cls.runtime or cls.__name__} backend has no GPU support"
+
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """Runtime and version, device, threads, dtype, and every setting that moves the numbers.
@@ -115,7 +132,9 @@ class Backend(abc.ABC):
         """Run ``token_ids`` (T,) through the model from an empty cache.
 
         Yield float32 (n, V) blocks of next-token logits for positions
-        ``start .. T - 2`` in order, each of at most ``block_rows`` rows.
+        ``start .. T - 2`` in order, each of at most ``block_rows`` rows: numpy
+        arrays, or GPU arrays where the kernels can score them there
+        (``harness.kernels.device_scoring_available``).
         """
 
     def logit_blocks(

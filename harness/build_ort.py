@@ -8,21 +8,28 @@ import sys
 from pathlib import Path
 
 
-def build_ort(base_dir: Path, dest: Path, precision: str, work_dir: Path) -> None:
+# The builder's execution targets (-e) a variant can be built for.
+TARGETS = ("cpu", "cuda")
+
+
+def build_ort(base_dir: Path, dest: Path, precision: str, work_dir: Path, target: str = "cpu") -> None:
     """Run the builder in a child process (it is a script, and it holds a lot of memory).
 
-    ``precision`` is the variant's and the builder's name for it ("fp32", "int4").
+    ``precision`` is the variant's and the builder's name for it ("fp32", "fp16", "int4");
+    ``target`` the execution provider the graph is made for, the builder's ``-e``. The
+    builder writes a CUDA graph on a machine without a GPU too: it only writes ONNX.
     Raises RuntimeError with the builder's last line when it fails.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r}: the ONNX variants are built for one of {', '.join(TARGETS)}")
     cmd = [
         sys.executable, "-m", "onnxruntime_genai.models.builder",
         "-i", str(base_dir),
         "-o", str(dest),
         "-p", precision,
-        # Always the CPU provider's graph, whatever the device: one cached build serves every
-        # device (the ORT backend adds the CUDA provider at load), and its activations are float32,
-        # where the builder's CUDA int4 graph computes in float16, which would be another variant.
-        "-e", "cpu",
+        # The graphs differ per target (the CUDA int4 graph computes in float16, with GPU attention
+        # ops), so each target's variants have names and cache folders of their own (harness.variants).
+        "-e", target,
         "-c", str(work_dir),
     ]
     # The builder reads only the local directory; it must never reach a model hub.

@@ -41,6 +41,7 @@ from harness.backends.base import Backend
 from harness.config import CompareConfig
 from harness.energy import POWERCAP_ROOT, PackageEnergy
 from harness.monitor import GpuMonitor, ResourceMonitor
+from harness.nvml import cuda_index
 from harness.results import Efficiency
 from harness.stats import Stats
 from harness.tokenizer import speed_token_pool
@@ -77,13 +78,6 @@ def _decode(backend: Backend, draw: Callable[[int], np.ndarray], gen_tokens: int
         if len(generation.token_times_s) >= min(2, gen_tokens):
             return generation
     raise RuntimeError(f"{backend.variant.name}: {MAX_DECODE_ATTEMPTS} random prompts each ended after one token")
-
-
-def _gpu_index(device: str) -> int | None:
-    """The CUDA device index of ``device`` ('cuda', 'cuda:1'), None for anything else."""
-    if not device.startswith("cuda"):
-        return None
-    return int(device.split(":", 1)[1]) if ":" in device else 0
 
 
 @dataclass(frozen=True)
@@ -185,7 +179,7 @@ class _Runs:
         self.backend, self.draw, self.clock = backend, draw, clock
         self.prompt_tokens, self.gen_tokens = prompt_tokens, gen_tokens
         self.packages = packages
-        self.gpu_index = _gpu_index(backend.device)
+        self.gpu_index = cuda_index(backend.device)
         self.seconds: dict[str, list[float]] = {test: [] for test in TESTS}  # wall time of each run, to plan ahead
         self.ttft_s: list[float] = []
         self.decode_tok_s: list[float] = []

@@ -1,9 +1,10 @@
 """Resource trackers: a process's RSS and CPU time, and an NVIDIA GPU's memory, utilisation and energy.
 
 Both are context managers that sample on a background thread and always stop
-it in ``finally``. The GPU tracker is inert where NVML is missing (no NVIDIA
-driver, no GPU): its metrics are then an empty dict, so GPU keys are absent
-from a CPU run's results rather than zero.
+it in ``finally``. The GPU tracker reads NVML through ``harness.nvml`` and is
+inert where NVML is missing (no NVIDIA driver, no GPU): its metrics are then an
+empty dict, so GPU keys are absent from a CPU run's results rather than zero;
+a counter the GPU lacks leaves out that key alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import psutil
+
+from harness.nvml import Gpu
 
 MB = 1024 * 1024
 # 100 Hz, the rate the method asks for, kept on average by a fixed schedule. Not faster: every wake-up
@@ -146,90 +149,87 @@ class ResourceMonitor:
 
 
 def nvml_available() -> bool:
-    """True when nvidia-ml-py imports, the NVIDIA driver answers and at least one GPU is present."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # ImportError, or NVMLError_LibraryNotFound / DriverNotLoaded
+    """True when nvidia-ml-py imports, the NVIDIA driver answers and CUDA can see at least one GPU."""
+    gpu = Gpu.open(0)
+    if gpu is None:
         return False
-    try:
-        return pynvml.nvmlDeviceGetCount() > 0
-    finally:
-        pynvml.nvmlShutdown()
+    gpu.close()
+    return True
 
 
 class GpuMonitor:
-    """Peak GPU memory of this process, mean GPU utilisation and energy on one NVIDIA GPU over a ``with`` block.
+    """Peak GPU memory, mean GPU utilisation and energy on one NVIDIA GPU over a ``with`` block.
 
-    ``metrics`` holds ``gpu_peak_mem_mb``, ``gpu_util_pct`` and ``energy_j``
-    (each only where the GPU reports it), and is empty where NVML is missing.
+    ``metrics`` holds ``gpu_peak_mem_mb``, ``gpu_util_pct`` and ``energy_j``,
+    each only where the GPU reports it, and is empty where NVML is missing.
+    Memory is the process's own (``pid``, default this one) where NVML lists
+    it with its memory; where it lists it without (a driver that cannot tell)
+    or never lists it (in a container NVML shows host PIDs) it is the device's
+    used memory, every process's. A process that NVML stops listing mid-block
+    (it ended, or released its context) keeps the peak seen so far. Energy is
+    the device's total-energy counter at the end minus at the start; a counter
+    that did not advance (a block shorter than its update period) gives none.
+    ``device_index`` is the CUDA ordinal (``cuda:N``); ``nvml``: a fake for tests.
     """
 
-    def __init__(self, device_index: int = 0, pid: int | None = None, interval_s: float = DEFAULT_INTERVAL_S):
+    def __init__(self, device_index: int = 0, pid: int | None = None, interval_s: float = DEFAULT_INTERVAL_S,
+                 nvml: Any = None):
         self.device_index = device_index
         self.pid = os.getpid() if pid is None else pid
         self.interval_s = interval_s
         self.metrics: dict[str, float] = {}
-        self._nvml = None
+        self._nvml = nvml
+        self._gpu: Gpu | None = None
 
     def _sample(self) -> None:
-        nvml, handle = self._nvml, self._handle
-        util = nvml.nvmlDeviceGetUtilizationRates(handle).gpu
-        self._util_sum += util
-        self._util_n += 1
-        used = None
-        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == self.pid and proc.usedGpuMemory is not None:
-                used = proc.usedGpuMemory
-        if used is None and not self._per_process:
-            # In a container NVML lists host PIDs, so ours is never found: fall back to the device's used memory.
-            used = nvml.nvmlDeviceGetMemoryInfo(handle).used
+        gpu = self._gpu
+        util = gpu.util_pct()
+        if util is not None:
+            self._utils.append(util)
+        listed, used = gpu.process_bytes(self.pid)
+        if self._per_process and not listed:
+            return  # ended or released its context: its peak is what was seen
+        if used is None:
+            used = gpu.used_bytes()
         if used is not None:
             self._peak_mem = max(self._peak_mem, used)
 
-    def _energy_mj(self) -> int | None:
-        try:
-            return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
-        except self._nvml.NVMLError:  # not supported before Volta
-            return None
-
     def __enter__(self) -> "GpuMonitor":
+        self._gpu = Gpu.open(self.device_index, self._nvml)
+        if self._gpu is None:
+            return self  # no NVIDIA driver or no such GPU: stay inert, metrics stay empty
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-        except Exception:
-            return self  # no NVIDIA driver: stay inert, metrics stay empty
-        self._nvml = pynvml
-        try:
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
-            listed = {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle)}
-            self._per_process = self.pid in listed
-            self._util_sum, self._util_n, self._peak_mem = 0, 0, 0
-            self._energy0 = self._energy_mj()
+            listed, used = self._gpu.process_bytes(self.pid)
+            self._per_process = listed and used is not None
+            self._utils: list[float] = []
+            self._peak_mem = 0
+            self._energy0 = self._gpu.energy_mj()
             self._sample()
             self._sampler = _Sampler(self._sample, self.interval_s, f"nvml-sampler-{self.device_index}")
             self._sampler.start()
         except BaseException:
-            pynvml.nvmlShutdown()
-            self._nvml = None
+            self._gpu.close()
+            self._gpu = None
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._nvml is None:
+        if self._gpu is None:
             return
         try:
             self._sampler.stop()
             self._sample()
-            energy1 = self._energy_mj()
-            metrics: dict[str, float] = {"gpu_util_pct": self._util_sum / self._util_n}
-            if self._peak_mem:
-                metrics["gpu_peak_mem_mb"] = self._peak_mem / MB
-            if self._energy0 is not None and energy1 is not None:
-                metrics["energy_j"] = (energy1 - self._energy0) / 1000.0
-            self.metrics = metrics
+            energy1 = self._gpu.energy_mj()
         finally:
-            self._nvml.nvmlShutdown()
-            self._nvml = None
+            self._gpu.close()
+            self._gpu = None
+        metrics: dict[str, float] = {}
+        if self._utils:
+            metrics["gpu_util_pct"] = sum(self._utils) / len(self._utils)
+        if self._peak_mem:
+            metrics["gpu_peak_mem_mb"] = self._peak_mem / MB
+        if self._energy0 is not None and energy1 is not None and energy1 > self._energy0:
+            metrics["energy_j"] = (energy1 - self._energy0) / 1000.0
+        self.metrics = metrics
+        if self._sampler.error is not None:
+            raise RuntimeError(f"NVML sampler failed: {self._sampler.error!r}") from self._sampler.error

@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from harness.backends.base import LogitBlock
+from harness.kernels import to_host
 from harness.protocols import Window
 
 RECORD_LIMIT_BYTES = 2 << 30
@@ -68,8 +69,8 @@ class LogitRecorder:
 
     def tee(self, blocks: Iterable[LogitBlock]) -> Iterator[LogitBlock]:
         for block in blocks:
-            if self._file is not None:
-                self._write(np.ascontiguousarray(block.logits, dtype=np.float32))
+            if self._file is not None:  # a block on the GPU is copied to the host for the file
+                self._write(np.ascontiguousarray(to_host(block.logits), dtype=np.float32))
             yield block
 
     def _write(self, logits: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""The CUDA scoring kernels (harness.kernels.cuda_scoring) against the naive float64 formulas, in Numba's CUDA simulator.
+"""The CUDA scoring kernels (harness.kernels.cuda_scoring) against naive float64 formulas, in the CUDA simulator.
 
 ``NUMBA_ENABLE_CUDASIM=1`` must be set before ``numba.cuda`` is first imported
 and would stay set for the whole process, so the kernels run in one child

@@ -4,6 +4,10 @@ The high-level ``Llama.eval`` keeps an (n_ctx, V) ``scores`` array when every
 position's logits are wanted (805 MB at 4,096 x 49,152) on top of llama.cpp's
 own output buffer; decoding block by block and copying each block out of
 ``llama_get_logits`` before the next decode keeps one block in memory.
+
+On ``cuda:N`` every layer is offloaded to that one GPU (``n_gpu_layers=-1``,
+no split across GPUs); the logits still come to the host, where the CPU
+kernels score them.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from typing import Any, Iterator
 import llama_cpp
 import numpy as np
 
+from harness.nvml import cuda_index
+
 from ..base import Backend
 from ..eos import eos_ids
-from .config import RUNTIME, LlamaCppSettings
+from .config import CUDA_INSTALL, RUNTIME, LlamaCppSettings
 
 
 class LlamaCppBackend(Backend):
@@ -35,12 +41,34 @@ class LlamaCppBackend(Backend):
         self._batch = None
         self._one = self._one_batch = None
         self._n_vocab = 0
+        self._gpu = cuda_index(self.device)  # None on the CPU
+
+    @classmethod
+    def device_unavailable_reason(cls, device: str) -> str | None:
+        if cuda_index(device) is None or llama_cpp.llama_supports_gpu_offload():
+            return None
+        # A CPU build would take n_gpu_layers and quietly run on the CPU.
+        return (f"llama-cpp-python {llama_cpp.__version__} was built without GPU offload; rebuild it with CUDA: "
+                f"{CUDA_INSTALL}")
+
+    def synchronize(self) -> None:
+        if self._gpu is not None and self._ctx is not None:
+            llama_cpp.llama_synchronize(self._ctx)
+
+    def _offload(self) -> dict[str, int]:
+        """Every layer on the device's one GPU (the default split would spread them over every GPU); none on the CPU.
+
+        The CPU passes no split mode: llama.cpp refuses main_gpu=0 with split mode none where it has no GPU.
+        """
+        if self._gpu is None:
+            return {"n_gpu_layers": 0}
+        return {"n_gpu_layers": -1, "split_mode": llama_cpp.LLAMA_SPLIT_MODE_NONE, "main_gpu": self._gpu}
 
     def load(self) -> None:
         s = self.settings
         llm = llama_cpp.Llama(
             self.variant.path,
-            n_gpu_layers=-1 if self.device.startswith("cuda") else 0,
+            **self._offload(),
             n_ctx=s.n_ctx,
             n_batch=s.n_batch,
             n_ubatch=s.n_ubatch,
@@ -89,6 +117,7 @@ class LlamaCppBackend(Backend):
             "n_ubatch": s.n_ubatch,
             "flash_attn": s.flash_attn,
             "use_mmap": s.use_mmap,
+            "n_gpu_layers": -1 if self._gpu is not None else 0,
         }
 
     # ---- llama_decode helpers --------------------------------------------

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 RUNTIME = "llamacpp"
 
+# llama-cpp-python compiles llama.cpp when it installs: with CUDA only when asked (nvcc must be on PATH).
+CUDA_INSTALL = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+
 # KV-cache element types llama.cpp accepts (names of ggml types, as llama-bench's -ctk/-ctv).
 KV_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 

@@ -1,4 +1,9 @@
-"""ONNX Runtime through onnxruntime-genai: one model for scoring and for greedy decoding with its KV cache."""
+"""ONNX Runtime through onnxruntime-genai: one model for scoring and for greedy decoding with its KV cache.
+
+On ``cuda:N`` the CUDA execution provider runs the variant on GPU N (the CUDA
+variants' graphs, built with the builder's ``-e cuda``); ``get_output`` hands
+the logits to the host, where the CPU kernels score them.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ from typing import Any, Iterator
 import numpy as np
 import onnxruntime_genai as og
 
+from harness.nvml import cuda_index
+
 from ..base import Backend
 from ..eos import eos_ids
-from .config import GENAI_CONFIG, RUNTIME, OrtSettings
+from .config import CUDA_INSTALL, GENAI_CONFIG, RUNTIME, OrtSettings
 
 
 class OrtBackend(Backend):
@@ -22,6 +29,13 @@ class OrtBackend(Backend):
     runtime = RUNTIME
     settings_class = OrtSettings
     settings: OrtSettings
+
+    @classmethod
+    def device_unavailable_reason(cls, device: str) -> str | None:
+        if cuda_index(device) is None or og.is_cuda_available():
+            return None
+        return (f"onnxruntime-genai {_version('onnxruntime-genai') or og.__version__} has no CUDA provider "
+                f"(the CPU build); install the CUDA build in its place: {CUDA_INSTALL}")
 
     @property
     def provider(self) -> str:
@@ -36,6 +50,8 @@ class OrtBackend(Backend):
         config.clear_providers()  # no provider left is the CPU
         if self.provider.lower() not in ("cpu", "cpuexecutionprovider"):
             config.append_provider(self.provider)
+            if self.provider == "cuda" and cuda_index(self.device) is not None:
+                config.set_provider_option("cuda", "device_id", str(cuda_index(self.device)))
         self._native = og.Model(config)
         self.eos_token_ids = eos_ids(self.variant.tokenizer_path, genai["model"].get("eos_token_id"))
 

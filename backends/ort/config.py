@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 RUNTIME = "ort"
 GENAI_CONFIG = "genai_config.json"
 
+# The CUDA builds install the same import names as the CPU ones (onnxruntime, onnxruntime_genai), so
+# they replace them: remove the CPU packages first, or their files would shadow the GPU build's.
+CUDA_INSTALL = ("pip uninstall -y onnxruntime onnxruntime-genai && "
+                "pip install --force-reinstall onnxruntime-gpu onnxruntime-genai-cuda")
+
 
 @dataclass(frozen=True)
 class OrtSettings:

@@ -1,4 +1,9 @@
-"""PyTorch through transformers: scoring from one forward pass, greedy decoding with our own KV-cache loop."""
+"""PyTorch through transformers: scoring from one forward pass, greedy decoding with our own KV-cache loop.
+
+On a CUDA device the logit blocks stay on the GPU, as float32 tensors, when
+the CUDA scoring kernels can run (``harness.kernels.device_scoring_available``);
+else they are copied to the host for the CPU kernels.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,12 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, DynamicCache
 
+from harness.kernels import device_scoring_available
+from harness.nvml import cuda_index
+
 from ..base import Backend
 from ..eos import eos_ids
-from .config import RUNTIME, TORCH_DTYPES, TorchSettings
+from .config import CUDA_INSTALL, RUNTIME, TORCH_DTYPES, TorchSettings
 
 
 class TorchBackend(Backend):
@@ -29,6 +37,20 @@ class TorchBackend(Backend):
         if precision not in TORCH_DTYPES:
             raise ValueError(f"{self.variant.name}: precision {precision!r} is not one of {', '.join(TORCH_DTYPES)}")
         self.dtype = getattr(torch, TORCH_DTYPES[precision])
+        self.scores_on_device = False  # set at load: logit blocks handed over as CUDA tensors
+
+    @classmethod
+    def device_unavailable_reason(cls, device: str) -> str | None:
+        index = cuda_index(device)
+        if index is None:
+            return None
+        if torch.version.cuda is None:
+            return f"torch {torch.__version__} is a CPU-only build; install a CUDA build: {CUDA_INSTALL}"
+        if not torch.cuda.is_available():
+            return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU; check the NVIDIA driver"
+        if index >= torch.cuda.device_count():
+            return f"torch sees {torch.cuda.device_count()} GPU(s); pass cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        return None
 
     def _apply_threads(self) -> None:
         # torch's thread count is the process's OpenMP setting, and other OpenMP users
@@ -44,6 +66,7 @@ class TorchBackend(Backend):
         )
         _check_takes_cache(model)
         self._native = model.to(self.device).eval()
+        self.scores_on_device = cuda_index(self.device) is not None and device_scoring_available()
         self.eos_token_ids = eos_ids(self.variant.tokenizer_path, self._native.generation_config.eos_token_id)
 
     def close(self) -> None:
@@ -65,6 +88,9 @@ class TorchBackend(Backend):
             "dtype": str(self.dtype).removeprefix("torch."),
             # The kernel transformers chose (it may fall back from the setting); it has no public accessor.
             "attn_implementation": model.config._attn_implementation if model else self.settings.attn_implementation,
+            # "highest" keeps float32 matmuls in float32 on a GPU (no TF32), as the CPU computes them.
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "scoring": "cuda kernels" if self.scores_on_device else "cpu kernels",
         }
 
     def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
@@ -79,9 +105,9 @@ class TorchBackend(Backend):
         for lo in range(start, hidden.shape[0], block_rows):
             self._apply_threads()  # the caller's kernels ran between blocks
             with torch.inference_mode():
-                logits = head(hidden[lo : lo + block_rows]).float()  # (n, V)
-                block = logits.cpu().numpy()
-            yield np.ascontiguousarray(block)
+                logits = head(hidden[lo : lo + block_rows]).float().contiguous()  # (n, V)
+                block = logits if self.scores_on_device else np.ascontiguousarray(logits.cpu().numpy())
+            yield block
 
     def _generate(self, prompt_ids: np.ndarray, max_new_tokens: int, stamp: list[float]) -> list[int]:
         model = self._require_loaded()

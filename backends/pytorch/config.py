@@ -9,6 +9,9 @@ RUNTIME = "torch"
 # Variant precision -> torch dtype name.
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
+# What makes torch run on an NVIDIA GPU where it does not: a CUDA build from PyTorch's own index.
+CUDA_INSTALL = "pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/cu128"
+
 # transformers' attention kernels (``attn_implementation``); the flash ones need a GPU.
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 
