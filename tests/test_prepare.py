@@ -300,7 +300,7 @@ def runtimes_that_import(monkeypatch):
 
     def pretend(available: set[str]) -> None:
         monkeypatch.setattr(harness.backends, "runtime_unavailable_reason",
-                            lambda runtime: None if runtime in available else f"{runtime}: not installed")
+                            lambda runtime, device="cpu": None if runtime in available else f"{runtime}: not installed")
 
     return pretend
 
