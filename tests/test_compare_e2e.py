@@ -63,13 +63,14 @@ def test_compare_prints_the_table_and_writes_every_file(two_runs):
 def test_report_json_follows_the_documented_schema(two_runs):
     root, *_ = two_runs
     report = json.loads((root / "a" / "report.json").read_text())
-    assert report["schema_version"] == 1
-    assert report["model"]["name"] == "smollm2-135m"
+    assert report["schema_version"] == 2
+    (model,) = report["models"]
+    assert (model["name"], model["reference"], model["tokenizer"]) == ("smollm2-135m", "llamacpp-f32", "llama.cpp")
     corpus = report["corpus"]
     assert (corpus["name"], corpus["protocol"], corpus["ctx"]) == ("pydoc-topics", "chunked", 512)
-    assert corpus["tokens_scored"] == 2 * 255  # two windows of 512, second halves (the last target has no next)
+    assert model["tokens_scored"] == 2 * 255  # two windows of 512, second halves (the last target has no next)
+    assert corpus["text_bytes"] > 1024  # the bytes the 1,024-token budget covers
     assert report["environment"]["threads"] == 1 and report["environment"]["versions"]["llama_cpp"]
-    assert report["reference"] == "llamacpp-f32"
     rows = {r["variant"]: r for r in report["results"]}
     assert set(rows) == {"llamacpp-f32", "llamacpp-q4_k_m", "ort-int4", "torch-bf16"}
     for name, row in rows.items():
@@ -77,7 +78,8 @@ def test_report_json_follows_the_documented_schema(two_runs):
         assert row["runtime"] == name.split("-")[0] and row["precision"] == name.split("-", 1)[1]
         assert set(ACCURACY_KEYS) <= set(row["accuracy"]), name
         assert set(EFFICIENCY_KEYS) <= set(row["efficiency"]), name
-        assert row["accuracy"]["tokens_scored"] == corpus["tokens_scored"]
+        assert row["accuracy"]["tokens_scored"] == model["tokens_scored"] and row["model"] == "smollm2-135m"
+        assert row["node"]["cpu"] == report["environment"]["cpu"] and row["started_unix"] < row["ended_unix"]
         for key in TIMED_KEYS:
             low, high = row["efficiency"][f"{key}_spread"]
             assert low <= row["efficiency"][key] <= high, (name, key)
