@@ -11,6 +11,8 @@ from harness.native_output import native_stderr_to
 
 # Every llama.cpp variant made by quantizing llamacpp-f32, by llama.cpp's file-type name.
 QUANT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k")
+# What llama.cpp logs before its reason when it cannot load a model file.
+LOAD_ERROR = "error loading model:"
 
 
 def read_gguf(path: Path):
@@ -28,6 +30,35 @@ def read_gguf(path: Path):
         raise UserError(f"a truncated or corrupt GGUF file ({one_line(exc)}); download it again or give another file",
                         setting="model", value=path) from None
     return reader
+
+
+def check_llamacpp_reads(path: Path) -> None:
+    """A one-line UserError when llama.cpp cannot read the GGUF's architecture and vocabulary.
+
+    The harness tokenizes a GGUF source with llama.cpp (``harness.tokenizer``), so a GGUF that
+    llama.cpp cannot read is no source for any runtime, whatever transformers makes of it.
+    """
+    import contextlib
+    import io
+    import tempfile
+
+    import llama_cpp
+
+    # llama.cpp logs its errors through llama-cpp-python's callback (to sys.stderr), the rest to fd 2.
+    logged = io.StringIO()
+    with tempfile.TemporaryDirectory(prefix="harness-gguf-check-") as tmp:
+        with native_stderr_to(Path(tmp, "load.log")) as log, contextlib.redirect_stderr(logged):
+            try:
+                # verbose: a quiet load silences llama.cpp's reason too; here all of it goes to the logs
+                llama_cpp.Llama(str(path), vocab_only=True, verbose=True)
+                return
+            except ValueError:  # llama-cpp-python: "Failed to load model from file"; llama.cpp said why
+                text = logged.getvalue() + log.read_text(errors="replace")
+    said = [line for line in text.splitlines() if LOAD_ERROR in line]
+    reason = said[-1].split(LOAD_ERROR, 1)[1].strip() if said else "no reason given"
+    version = llama_cpp.__version__
+    raise UserError(f"llama.cpp {version} cannot read it ({reason}); give a GGUF that it reads (an architecture "
+                    "it knows, with its vocabulary), or the model's transformers folder", setting="model", value=path)
 
 
 def architecture(reader) -> str:

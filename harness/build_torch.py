@@ -12,9 +12,21 @@ import json
 import os
 from pathlib import Path
 
+from harness.sources import UnsupportedModel
 
-class UnsupportedArchitecture(Exception):
-    """transformers cannot read this architecture from GGUF: the torch and ort variants are skipped."""
+# transformers' own words when it cannot take a model, and what to say where its words say too little:
+# an architecture it does not know (from a config or from a GGUF), and a GGUF whose config it derives
+# wrongly (its GGUF reader does not map some hyperparameter, so the tensors do not fit the model it builds).
+TRANSFORMERS_REFUSALS = {
+    "not supported": None,
+    "does not recognize this architecture": None,
+    "ignore_mismatched_sizes": "the config its GGUF reader derives does not fit the tensors "
+                               "(a hyperparameter it does not read from GGUF)",
+}
+
+
+class UnsupportedArchitecture(UnsupportedModel):
+    """transformers cannot take this model: the torch variants, and the ONNX ones made from them, are unavailable."""
 
 
 def fp32_from_gguf(gguf_path: Path, dest: Path) -> None:
@@ -27,21 +39,34 @@ def fp32_from_gguf(gguf_path: Path, dest: Path) -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # its per-tensor bar would drown the harness's own
-    try:
-        # Its GGUF reader draws a bare tqdm bar per tensor that the switch above misses.
-        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
-            loaded = _load_fp32(gguf_path.parent, gguf_file=gguf_path.name)
-    except ValueError as exc:
-        if "not supported" not in str(exc):
-            raise
-        # transformers: "GGUF model with architecture X is not supported yet."
-        raise UnsupportedArchitecture(f"transformers cannot read it: {str(exc).splitlines()[0]}") from None
+    # Its GGUF reader draws a bare tqdm bar per tensor that the switch above misses.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), _refusals_as_unsupported():
+        loaded = _load_fp32(gguf_path.parent, gguf_file=gguf_path.name)
     _save_fresh(*loaded, dest, "float32")
 
 
 def fp32_from_hf(model_dir: Path, dest: Path) -> None:
     """Copy a transformers directory as fp32 safetensors with its tokenizer."""
-    _save_fresh(*_load_fp32(model_dir), dest, "float32")
+    with _refusals_as_unsupported():
+        loaded = _load_fp32(model_dir)
+    _save_fresh(*loaded, dest, "float32")
+
+
+@contextlib.contextmanager
+def _refusals_as_unsupported():
+    """transformers refusing the model (``TRANSFORMERS_REFUSALS``) becomes UnsupportedArchitecture, in its words.
+
+    E.g. "GGUF model with architecture olmo is not supported yet." or "The checkpoint you are trying to
+    load has model type `foonet` but Transformers does not recognize this architecture."
+    """
+    try:
+        yield
+    except (ValueError, RuntimeError) as exc:
+        words = next((w for w in TRANSFORMERS_REFUSALS if w in str(exc)), None)
+        if words is None:
+            raise
+        reason = TRANSFORMERS_REFUSALS[words] or str(exc).strip().splitlines()[0]
+        raise UnsupportedArchitecture(f"transformers cannot take it: {reason}") from None
 
 
 def bf16_copy(fp32_dir: Path, dest: Path) -> None:
@@ -55,7 +80,9 @@ def _load_fp32(folder: Path, **source):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True, **source)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True, **source)
+    # Given the config, it does not derive it again: reading a GGUF's metadata takes seconds for a large vocabulary.
+    model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32, local_files_only=True,
+                                                 **source)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **source)
     return config, model.state_dict(), tokenizer
 

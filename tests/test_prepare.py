@@ -168,17 +168,21 @@ def test_unknown_variant_is_one_line():
     assert_one_line_error(run_cli("prepare", "--variants", "llamacpp-q9_9"), "llamacpp-q9_9", "choose from")
 
 
-TINY_ARCH = "harnesstestarch"  # an architecture transformers cannot read from GGUF
+TINY_ARCH = "olmo"  # an architecture llama.cpp reads and transformers cannot read from GGUF
 
 
 @pytest.fixture
 def tiny_gguf(tmp_path) -> Path:
-    """A one-tensor F32 GGUF of an unknown architecture: llama.cpp variants build from it in a blink."""
+    """A one-tensor F32 GGUF with a 4-token vocabulary: llama.cpp reads it, its variants build in a blink."""
     import gguf
 
     path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(path, TINY_ARCH)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b", "ab", "<s>"])
+    writer.add_token_types([1, 1, 1, 3])
+    writer.add_token_merges(["a b"])
     writer.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -187,7 +191,7 @@ def tiny_gguf(tmp_path) -> Path:
     return path
 
 
-def test_architecture_transformers_cannot_read_skips_torch_and_builds_the_rest(tmp_path, tiny_gguf):
+def test_architecture_transformers_cannot_read_makes_torch_unavailable_and_builds_the_rest(tmp_path, tiny_gguf):
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     arch, path = TINY_ARCH, tiny_gguf
@@ -195,7 +199,8 @@ def test_architecture_transformers_cannot_read_skips_torch_and_builds_the_rest(t
     proc = run_cli("prepare", "--model", str(path), "--variants", "llamacpp-f32,torch-fp32",
                    "--cache-dir", str(tmp_path / "c"))
     assert proc.returncode == 1
-    assert "skipped torch-fp32" in proc.stderr and arch in proc.stderr, proc.stderr
+    expected = f"unavailable torch-fp32: transformers cannot take it: GGUF model with architecture {arch} is not"
+    assert expected in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "llamacpp-f32" in proc.stdout  # built all the same
     built = list((tmp_path / "c").rglob(f"llamacpp-f32/{MANIFEST_NAME}"))
@@ -231,7 +236,6 @@ def raising(exc: BaseException):
 @pytest.mark.parametrize(
     "failure",
     [
-        build_torch.UnsupportedArchitecture("transformers cannot read it"),
         RuntimeError("onnxruntime-genai builder failed (1): killed"),
         NotImplementedError("no dequantize kernel for this type"),
         ValueError("unrecognized configuration"),
@@ -245,6 +249,53 @@ def test_an_expected_build_failure_skips_the_variant_and_those_made_from_it(tmp_
     result = prepare(resolve_source(str(tiny_gguf)), ["torch-bf16", "llamacpp-f32"], tmp_path / "c")
     assert result.skipped == {"torch-fp32": one_line(failure), "torch-bf16": "needs torch-fp32, which was skipped"}
     assert result.built == ["llamacpp-f32"]
+    assert not list((tmp_path / "c").rglob(".tmp-*"))
+
+
+def fake_fp32_copy(gguf_path, dest):
+    """A stand-in torch-fp32 build: one small safetensors file."""
+    from safetensors.numpy import save_file
+
+    save_file({"weight": np.zeros((4, 4), dtype=np.float32)}, str(dest / "model.safetensors"))
+
+
+def test_a_runtime_that_cannot_take_the_model_makes_its_variants_unavailable(tmp_path, tiny_gguf, monkeypatch):
+    monkeypatch.setattr(build_torch, "fp32_from_gguf", raising(build_torch.UnsupportedArchitecture("no such arch")))
+    result = prepare(resolve_source(str(tiny_gguf)), ["torch-bf16", "ort-int4", "llamacpp-f32"], tmp_path / "c")
+    made_from = "made from torch-fp32, which is unavailable: no such arch"
+    assert result.unavailable == {"torch-fp32": "no such arch", "torch-bf16": made_from, "ort-int4": made_from}
+    assert result.skipped == {} and result.built == ["llamacpp-f32"]
+    assert not list((tmp_path / "c").rglob(".tmp-*"))
+
+
+@pytest.mark.parametrize("last_line, unavailable", [
+    ("NotImplementedError: The FooForCausalLM model is not currently supported.", True),
+    ("KeyError: 'rope_type'", True),
+    ("MemoryError", False),
+    ("killed", False),
+])
+def test_the_onnx_builder_refusing_the_model_is_unavailable_and_its_crash_a_skip(
+        tmp_path, tiny_gguf, monkeypatch, last_line, unavailable):
+    from harness import build_ort
+
+    monkeypatch.setattr(build_torch, "fp32_from_gguf", fake_fp32_copy)
+    failure = RuntimeError(f"onnxruntime-genai builder failed (1): {last_line}")
+    monkeypatch.setattr(build_ort, "build_ort", raising(failure))
+    result = prepare(resolve_source(str(tiny_gguf)), ["ort-fp32"], tmp_path / "c")
+    assert result.built == ["torch-fp32"]
+    if unavailable:
+        assert result.unavailable == {"ort-fp32": f"the onnxruntime-genai builder cannot take it: {last_line}"}
+    else:
+        assert list(result.skipped) == ["ort-fp32"] and not result.unavailable
+
+
+def test_a_model_no_runtime_can_take_is_a_user_error_and_leaves_no_folder(tmp_path, tiny_gguf, monkeypatch):
+    monkeypatch.setattr(build_torch, "fp32_from_gguf", raising(build_torch.UnsupportedArchitecture("torch: no")))
+    source = resolve_source(str(tiny_gguf))
+    with pytest.raises(UserError, match=r"no runtime can take it \(torch: no\)") as exc:
+        prepare(source, ["torch-bf16"], tmp_path / "c")
+    assert exc.value.setting == "model"
+    assert not (tmp_path / "c" / source.cache_key / "torch-fp32").exists()
     assert not list((tmp_path / "c").rglob(".tmp-*"))
 
 
@@ -330,10 +381,15 @@ def test_a_named_reference_is_used_or_refused_by_name(runtimes_that_import):
     assert with_reference(None, "ort-fp32") is None  # every variant is prepared anyway
 
 
-def test_the_fallback_for_a_transformers_source_leaves_out_llamacpp(tmp_path, runtimes_that_import):
+def test_a_transformers_source_has_the_llamacpp_family_and_its_reference(tmp_path, runtimes_that_import):
     runtimes_that_import({"torch", "ort", "llamacpp"})
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "tokenizer.json").write_text("{}")
     hf_source = resolve_source(str(tmp_path))
+    names = [s.name for s in variants.catalogue(hf_source, None)]
+    assert names == [n for n in [s.name for s in variants.catalogue(resolve_source(None), "q4_1")]
+                     if n != "llamacpp-q4_1"]  # every variant but a GGUF source's own file
+    assert with_reference(["torch-bf16"], None, hf_source) == ["torch-bf16", "llamacpp-f32"]
+    runtimes_that_import({"torch", "ort"})
     assert with_reference(["torch-bf16"], None, hf_source) == ["torch-bf16", "ort-fp32"]
-    assert with_reference(["torch-bf16"], None) == ["torch-bf16", "llamacpp-f32"]
