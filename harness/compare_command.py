@@ -68,7 +68,8 @@ def run_compare(config: CompareConfig) -> int:
 
     started = time.perf_counter()
     config = _resolved(config)
-    check_cuda_device(config.device)  # a GPU this machine lacks stops the run here, before anything is built
+    if not config.ray:  # on Ray the GPUs are the nodes' (harness.cluster checks them before any task)
+        check_cuda_device(config.device)  # a GPU this machine lacks stops the run here, before anything is built
     inputs = _resolve_inputs(config)
     models, text_bytes = _prepare_models(config, inputs)
     out_dir, run_id = _out_dir_and_run_id(config)  # only once every input has been checked
@@ -207,9 +208,13 @@ def _model_info(model: _Model) -> ModelInfo:
 
 
 def _not_built_rows(model: _Model) -> list[VariantRow]:
+    """Unavailable rows where a runtime cannot take the model, failed rows where a build failed."""
     specs = model.prepared.specs
-    return [replace(VariantRow.failed(name, specs[name].runtime, specs[name].precision, f"not built: {reason}"),
-                    model=model.name) for name, reason in model.prepared.skipped.items()]
+    unavailable = [VariantRow.unavailable(name, specs[name].runtime, specs[name].precision, reason)
+                   for name, reason in model.prepared.unavailable.items()]
+    failed = [VariantRow.failed(name, specs[name].runtime, specs[name].precision, f"not built: {reason}")
+              for name, reason in model.prepared.skipped.items()]
+    return [replace(row, model=model.name) for row in unavailable + failed]
 
 
 def _measure_inputs(config: CompareConfig, model: _Model, record_dir: str) -> MeasureInputs:

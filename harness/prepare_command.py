@@ -1,7 +1,7 @@
 """``python -m harness prepare``: build the variants, with progress per variant and a summary.
 
 Progress goes to stderr: a bar per variant on a terminal, else (CI, a log file)
-one plain line per variant as it is built or skipped. A variant found in the
+one plain line per variant as it is built, found unavailable or skipped. A variant found in the
 cache shows neither, so a run with nothing to build keeps stderr for its result
 (and an error stays the one line there).
 """
@@ -21,7 +21,7 @@ from harness.variants import PrepareResult, prepare
 
 
 def run_prepare(config) -> int:
-    """Build what ``config`` asks for; the exit status is 1 when a variant was skipped.
+    """Build what ``config`` asks for; the exit status is 1 when a variant was skipped or is unavailable.
 
     ``config`` has the attributes ``model``, ``variants``, ``cache_dir``, ``threads`` and ``json``.
     """
@@ -45,17 +45,23 @@ def _prepare_one(source: Source, names: list[str] | None, config) -> int:
         ]
         print(tabulate(rows, headers=["variant", "runtime", "precision", "size MB", "bits/weight", "this run"]))
         print(f"cache: {result.model_dir}")
-    for name, reason in result.skipped.items():
+    for name, reason in result.unavailable.items():  # its runtime cannot take this model
+        print(f"unavailable {name}: {reason}", file=sys.stderr)
+    for name, reason in result.skipped.items():  # its build failed
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    return 1 if result.skipped else 0
+    return 1 if result.skipped or result.unavailable else 0
 
 
-def prepare_with_progress(source: Source, names: list[str] | None, cache, threads: int | None) -> PrepareResult:
-    """``variants.prepare`` with progress on stderr: bars on a terminal, else one line per variant built or skipped."""
+def prepare_with_progress(source: Source, names: list[str] | None, cache, threads: int | None,
+                          device: str = "cpu") -> PrepareResult:
+    """``variants.prepare`` with progress on stderr: bars on a terminal, else one line per variant built or skipped.
+
+    ``device``: whose catalogue (``variants.catalogue``); a GPU has its own ONNX variants.
+    """
     _never_reach_a_model_hub()
     _quiet_libraries()
     on_event = _progress_bars() if sys.stderr.isatty() else _progress_lines()
-    return prepare(source, names, cache, threads, on_event)
+    return prepare(source, names, cache, threads, on_event, device)
 
 
 def _progress_bars() -> Callable[[str, str], None]:
@@ -79,20 +85,30 @@ def _progress_bars() -> Callable[[str, str], None]:
 
 
 def _progress_lines(clock: Callable[[], float] = time.perf_counter) -> Callable[[str, str], None]:
-    """One line per variant built or skipped: "built torch-fp32 in 12.3 s", "skipped ort-int4 after 3.1 s: <reason>"."""
-    started = {}
+    """One line per variant built, skipped or unavailable: "built torch-fp32 in 12.3 s",
+    "skipped ort-int4 after 3.1 s: <reason>", "unavailable llamacpp-f32 after 2.0 s: <reason>".
+
+    Unavailable lines wait for a variant that is built, cached or skipped: when no runtime
+    can take the model, prepare ends in one error line instead (``variants.prepare``).
+    """
+    started: dict[str, float] = {}
+    held: list[str] = []
 
     def on_event(name: str, state: str) -> None:
         if state == "building":
             started[name] = clock()
             return
-        if state == "cached":
-            return
         outcome, _, reason = state.partition(": ")
         line = f"{outcome} {name}"
         if name in started:
             line += f" {'in' if outcome == 'built' else 'after'} {clock() - started.pop(name):.1f} s"
-        print(line + (f": {reason}" if reason else ""), file=sys.stderr, flush=True)
+        line += f": {reason}" if reason else ""
+        if outcome == "unavailable":
+            held.append(line)
+            return
+        for earlier in held + ([] if outcome == "cached" else [line]):
+            print(earlier, file=sys.stderr, flush=True)
+        held.clear()
 
     return on_event
 

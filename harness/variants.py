@@ -8,6 +8,7 @@ finished one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -18,12 +19,12 @@ from typing import Callable, Collection, Sequence
 
 import psutil
 
-from harness import build_gguf, build_ort, build_torch
+from harness import build_gguf, build_ort, build_torch, convert_hf
 from harness.environment import package_version, thread_count
 from harness.errors import UserError, one_line
 from harness.manifest import MANIFEST_NAME, Variant
 from harness.paths import cache_dir
-from harness.sources import Source
+from harness.sources import Source, UnsupportedModel
 
 TMP_PREFIX = ".tmp-"
 SOURCE_TYPE_NAME = "source-file-type"  # the source GGUF's file type, e.g. q4_1 (it names a variant)
@@ -37,15 +38,16 @@ NEARLY_FULL_BYTES = 16 * 2**20
 REFERENCE_ORDER = ("llamacpp-f32", "ort-fp32", "torch-fp32")
 NO_REFERENCE = "none"  # the reference setting that compares against nothing
 
-# What a build raises when this runtime cannot take this model (a skip, not a bug in the harness):
-# - build_torch.UnsupportedArchitecture: transformers cannot read the GGUF's architecture;
+# What a build raises when this runtime cannot take this model: an UnsupportedModel (transformers or
+# llama.cpp's converter does not know the architecture, the ONNX builder refuses it) makes the variant,
+# and those made from it, unavailable. The others make it skipped (a failure, not a bug in the harness):
 # - RuntimeError: the ONNX builder's child failed, llama.cpp's quantizer returned an error, weights
 #   do not fit the config, a gguf dequantizer has no kernel (NotImplementedError), torch ran out of memory;
 # - ValueError: transformers or gguf refuse the model's config or tensors;
 # - OSError: a model file the converter needs is missing or unreadable;
 # - ImportError: the runtime a variant needs (llama_cpp, transformers, torch) is not installed.
 # Anything else (TypeError, KeyError, AttributeError, ...) is a bug in the harness and propagates.
-EXPECTED_BUILD_FAILURES = (build_torch.UnsupportedArchitecture, RuntimeError, ValueError, OSError, ImportError)
+EXPECTED_BUILD_FAILURES = (UnsupportedModel, RuntimeError, ValueError, OSError, ImportError)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class VariantSpec:
     runtime: str
     precision: str
     made_from: str | None  # None: made from the source itself
+    target: str = "cpu"  # the device its files are built for (the ONNX builder's -e); cpu: files every device runs
 
 
 # Every source's variants, each after the one it is made from.
@@ -65,47 +68,55 @@ _ANY_SOURCE = (
     VariantSpec("ort-fp32", "ort", "fp32", "torch-fp32"),
     VariantSpec("ort-int4", "ort", "int4", "torch-fp32"),
 )
-# A GGUF source's llama.cpp family (plus, in ``catalogue``, the source file itself under its own type).
+# The llama.cpp family: llamacpp-f32 is a GGUF source dequantized, or a transformers directory through
+# llama.cpp's converter (harness.convert_hf); in ``catalogue`` a GGUF source adds itself under its own type.
 _GGUF_SOURCE = (
     VariantSpec("llamacpp-f32", "llamacpp", "f32", None),
     *(VariantSpec(f"llamacpp-{q}", "llamacpp", q, "llamacpp-f32") for q in build_gguf.QUANT_TYPES),
 )
-_FIXED_SPECS = {s.name: s for s in (*_ANY_SOURCE, *_GGUF_SOURCE)}
+# On a GPU the ONNX variants are the builder's CUDA graphs (-e cuda: fp16 activations, GPU attention
+# ops), cached apart from the CPU ones under their own names; torch and GGUF variants serve every device.
+_CUDA_ORT = (
+    VariantSpec("ort-cuda-fp16", "ort", "fp16", "torch-fp32", target="cuda"),
+    VariantSpec("ort-cuda-int4", "ort", "int4", "torch-fp32", target="cuda"),
+)
+_FIXED_SPECS = {s.name: s for s in (*_ANY_SOURCE, *_GGUF_SOURCE, *_CUDA_ORT)}
 
 
-def catalogue(source: Source, source_type: str | None) -> list[VariantSpec]:
-    """Every variant of ``source``, each after the one it is made from.
+def catalogue(source: Source, source_type: str | None, device: str = "cpu") -> list[VariantSpec]:
+    """Every variant of ``source`` that runs on ``device`` (cpu, cuda, cuda:N), each after the one it is made from.
 
     ``source_type`` is a GGUF source's own file type (``build_gguf.file_type_name``); it
     adds the source file itself as a variant when no quantization makes that type.
     """
     specs = list(_ANY_SOURCE)
-    if source.kind == "gguf":
-        specs += _GGUF_SOURCE
-        if source_type and f"llamacpp-{source_type}" not in _FIXED_SPECS:
-            specs.append(VariantSpec(f"llamacpp-{source_type}", "llamacpp", source_type, None))
+    if device.startswith("cuda"):
+        specs = [s for s in specs if s.runtime != "ort"] + list(_CUDA_ORT)
+    specs += _GGUF_SOURCE
+    if source.kind == "gguf" and source_type and f"llamacpp-{source_type}" not in _FIXED_SPECS:
+        specs.append(VariantSpec(f"llamacpp-{source_type}", "llamacpp", source_type, None))
     return specs
 
 
 # ---- the reference every variant is compared against ----------------------------------
 
 
-def with_reference(names: list[str] | None, reference: str | None, source: Source | None = None) -> list[str] | None:
+def with_reference(names: list[str] | None, reference: str | None, source: Source | None = None,
+                   device: str = "cpu") -> list[str] | None:
     """The variants to prepare: the requested ones plus the reference (None: every variant).
 
     Without a named ``reference`` the fallback is the first of ``REFERENCE_ORDER`` whose
-    runtime imports, among ``source``'s variants when ``source`` is given (a transformers
-    directory has no llama.cpp variants).
+    runtime imports, among ``source``'s variants when ``source`` is given.
     """
     if names is None or reference == NO_REFERENCE:
         return names
     if not reference:
-        candidates = [s.name for s in catalogue(source, None)] if source is not None else REFERENCE_ORDER
-        reference = _fallback_reference(candidates)
+        candidates = [s.name for s in catalogue(source, None, device)] if source is not None else REFERENCE_ORDER
+        reference = _fallback_reference(candidates, device)
     return names if reference is None or reference in names else [*names, reference]
 
 
-def choose_reference(requested: str | None, variants: Sequence[Variant]) -> Variant | None:
+def choose_reference(requested: str | None, variants: Sequence[Variant], device: str = "cpu") -> Variant | None:
     """The variant the others are compared against: ``requested``, else the fallback among ``variants``.
 
     None when ``requested`` is ``NO_REFERENCE`` or no full-precision variant can run here.
@@ -118,16 +129,16 @@ def choose_reference(requested: str | None, variants: Sequence[Variant]) -> Vari
             raise UserError(f"not a variant of this run; choose from {', '.join([*by_name, NO_REFERENCE])}",
                             setting="reference", value=requested)
         return by_name[requested]
-    name = _fallback_reference(by_name)
+    name = _fallback_reference(by_name, device)
     return by_name[name] if name else None
 
 
-def _fallback_reference(candidates: Collection[str]) -> str | None:
-    """The first of ``REFERENCE_ORDER`` among ``candidates`` whose runtime imports here."""
+def _fallback_reference(candidates: Collection[str], device: str = "cpu") -> str | None:
+    """The first of ``REFERENCE_ORDER`` among ``candidates`` whose runtime imports here and runs on ``device``."""
     from harness.backends import runtime_unavailable_reason
 
     for name in REFERENCE_ORDER:
-        if name in candidates and runtime_unavailable_reason(_FIXED_SPECS[name].runtime) is None:
+        if name in candidates and runtime_unavailable_reason(_FIXED_SPECS[name].runtime, device) is None:
             return name
     return None
 
@@ -143,7 +154,8 @@ class PrepareResult:
     specs: dict[str, VariantSpec] = field(default_factory=dict)  # the whole catalogue, in order
     variants: dict[str, Variant] = field(default_factory=dict)  # finished, in catalogue order
     built: list[str] = field(default_factory=list)  # built by this call
-    skipped: dict[str, str] = field(default_factory=dict)  # name -> one-line reason
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> one-line reason: its build failed
+    unavailable: dict[str, str] = field(default_factory=dict)  # name -> the runtime's reason it cannot take the model
 
 
 def prepare(
@@ -152,19 +164,23 @@ def prepare(
     cache: str | os.PathLike | None = None,
     threads: int | None = None,
     on_event: Callable[[str, str], None] | None = None,
+    device: str = "cpu",
 ) -> PrepareResult:
     """Build the requested variants (default: all) and whatever they are made from.
 
-    ``on_event(variant, state)`` is called with state "cached", "building",
-    "built" or "skipped: <reason>", for progress display. A variant whose runtime
-    cannot take this model (``EXPECTED_BUILD_FAILURES``) is skipped with its reason,
-    and so is every variant made from it; the others are built all the same.
+    ``on_event(variant, state)`` is called with state "cached", "building", "built",
+    "unavailable: <reason>" or "skipped: <reason>", for progress display. A variant whose
+    runtime cannot take this model (``UnsupportedModel``) is unavailable with the runtime's
+    reason, one whose build fails otherwise (``EXPECTED_BUILD_FAILURES``) is skipped with
+    its reason, and so is every variant made from either; the others are built all the same.
+    When every variant asked for is unavailable, no runtime can take the model: a UserError.
+    ``device`` picks the catalogue (``catalogue``): a GPU has its own ONNX variants.
     """
     on_event = on_event or (lambda name, state: None)
     threads = thread_count(threads)
     model_dir = cache_dir(cache) / source.cache_key
     reader, source_type = _source_type(source, model_dir)
-    specs = catalogue(source, source_type)
+    specs = catalogue(source, source_type, device)
     result = PrepareResult(model_dir, specs={s.name: s for s in specs})
     wanted = _with_dependencies(list(names or result.specs), result.specs)
     _make_model_dir(model_dir)
@@ -177,26 +193,47 @@ def prepare(
             result.variants[spec.name] = Variant.load(final)
             on_event(spec.name, "cached")
             continue
+        if spec.made_from in result.unavailable:
+            _set_aside(result.unavailable, spec.name, f"made from {spec.made_from}, which is unavailable: "
+                       f"{result.unavailable[spec.made_from]}", "unavailable", on_event)
+            continue
         if spec.made_from in result.skipped:
-            _skip(result, spec.name, f"needs {spec.made_from}, which was skipped", on_event)
+            _set_aside(result.skipped, spec.name, f"needs {spec.made_from}, which was skipped", "skipped", on_event)
             continue
         on_event(spec.name, "building")
         if source.kind == "gguf" and reader is None:
             reader = build_gguf.read_gguf(source.path)
         try:
             variant = _build_atomically(spec, source, reader, model_dir, result.variants, threads)
-        except EXPECTED_BUILD_FAILURES as exc:  # this runtime cannot take this model: skip it, build the rest
-            _skip(result, spec.name, one_line(exc), on_event)
+        except UnsupportedModel as exc:  # this runtime cannot take this model: the others still can
+            _set_aside(result.unavailable, spec.name, " ".join(str(exc).split()), "unavailable", on_event)
+            continue
+        except EXPECTED_BUILD_FAILURES as exc:  # this variant's build failed: skip it, build the rest
+            _set_aside(result.skipped, spec.name, one_line(exc), "skipped", on_event)
             continue
         result.variants[spec.name] = variant
         result.built.append(spec.name)
         on_event(spec.name, "built")
+    _refuse_a_model_no_runtime_takes(result, source)
     return result
 
 
-def _skip(result: PrepareResult, name: str, reason: str, on_event: Callable[[str, str], None]) -> None:
-    result.skipped[name] = reason
-    on_event(name, f"skipped: {reason}")
+def _set_aside(where: dict[str, str], name: str, reason: str, state: str,
+               on_event: Callable[[str, str], None]) -> None:
+    """Record a variant that is not built (``where``: the result's skipped or unavailable) and say so."""
+    where[name] = reason
+    on_event(name, f"{state}: {reason}")
+
+
+def _refuse_a_model_no_runtime_takes(result: PrepareResult, source: Source) -> None:
+    """A UserError when every variant asked for is unavailable; the model's empty folder is removed."""
+    if result.variants or result.skipped or not result.unavailable:
+        return
+    with contextlib.suppress(OSError):
+        result.model_dir.rmdir()  # only when empty: nothing was written
+    reasons = "; ".join(reason for name, reason in result.unavailable.items() if result.specs[name].made_from is None)
+    raise UserError(f"no runtime can take it ({reasons}); give a model of an architecture they support",
+                    setting="model", value=source.path)
 
 
 def _source_type(source: Source, model_dir: Path):
@@ -212,6 +249,7 @@ def _source_type(source: Source, model_dir: Path):
     if source_type is not None:
         return None, source_type
     reader = build_gguf.read_gguf(source.path)
+    build_gguf.check_llamacpp_reads(source.path)
     return reader, build_gguf.file_type_name(reader)
 
 
@@ -294,17 +332,41 @@ def _build_files(spec, source, reader, tmp: Path, done: dict[str, Variant], thre
         build_torch.bf16_copy(Path(done["torch-fp32"].path), tmp)
         return sorted(tmp.glob("*.safetensors"))
     if spec.runtime == "ort":
-        build_ort.build_ort(Path(done["torch-fp32"].path), tmp, spec.precision, tmp / "_builder_cache")
+        with _builder_refusal_as_unsupported():
+            build_ort.build_ort(Path(done["torch-fp32"].path), tmp, spec.precision, tmp / "_builder_cache",
+                                spec.target)
         shutil.rmtree(tmp / "_builder_cache", ignore_errors=True)
         return sorted(tmp.glob("*.onnx")) + sorted(tmp.glob("*.onnx.data"))
     dest = tmp / "model.gguf"
-    if spec.made_from is None and spec.precision == "f32":
+    if spec.made_from is None and spec.precision == "f32" and source.kind == "hf":
+        convert_hf.convert(source.path, dest)
+    elif spec.made_from is None and spec.precision == "f32":
         build_gguf.write_f32_gguf(reader, dest)
     elif spec.made_from is None:
         _link_or_copy(source.path, dest)
     else:
         build_gguf.quantize(Path(done[spec.made_from].path), dest, spec.precision, threads)
     return [dest]
+
+
+# The ONNX builder's last line when it cannot take a model: "NotImplementedError: The X model is not
+# currently supported.", or a config it does not read (onnxruntime-genai 0.18 on transformers 5's Gemma 3
+# config, whose rope_parameters are per layer type: "KeyError: 'rope_type'"). Anything else (killed,
+# MemoryError, a full disk) is a failed build.
+_BUILDER_REFUSALS = ("NotImplementedError", "KeyError", "AttributeError", "ValueError", "TypeError", "AssertionError")
+
+
+@contextlib.contextmanager
+def _builder_refusal_as_unsupported():
+    """The ONNX builder refusing the model (``_BUILDER_REFUSALS``, its last line in build_ort's RuntimeError)
+    is UnsupportedModel: the ONNX variants are unavailable, with the builder's reason."""
+    try:
+        yield
+    except RuntimeError as exc:
+        said = str(exc).split("): ", 1)[-1]  # "onnxruntime-genai builder failed (1): KeyError: 'rope_type'"
+        if not said.startswith(_BUILDER_REFUSALS):
+            raise
+        raise UnsupportedModel(f"the onnxruntime-genai builder cannot take it: {said}") from None
 
 
 def _manifest(spec, source, model_dir: Path, tmp: Path, weights: list[Path], done) -> Variant:
@@ -318,7 +380,8 @@ def _manifest(spec, source, model_dir: Path, tmp: Path, weights: list[Path], don
         n_params = build_torch.parameter_count(tmp)
     else:  # transformers cannot read this model: count the GGUF's own tensors
         n_params = sum(int(t.n_elements) for t in build_gguf.read_gguf(weights[0]).tensors)
-    tokenizer = Path(base.path) if base else final
+    # Without a transformers copy: a directory source's own tokenizer, else the GGUF's (llama.cpp reads it).
+    tokenizer = Path(base.path) if base else source.path if source.kind == "hf" else final
     return Variant(
         name=spec.name,
         runtime=spec.runtime,

@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,50 @@ def test_each_childs_output_goes_to_its_log_and_none_reaches_the_terminal(two_ru
     for done in (first, second):
         # llama.cpp's own lines (llama_model_loader:, llama_context:, ggml_...) stay out of the terminal.
         assert not re.search(r"^(llama|ggml|load_tensors|print_info)\w*:", done.stdout + done.stderr, re.M)
+
+
+@pytest.fixture(scope="module")
+def two_models(prepared, tmp_path_factory):
+    """The default model and a tiny random Llama (its own folder, the default model's tokenizer) in one run."""
+    import tiny_models
+
+    root = tmp_path_factory.mktemp("two-models")
+    tokenizer = tiny_models.write_tokenizer(Path(prepared["torch-fp32"].path), root / "tokenizer")
+    tiny = tiny_models.build("llama", root, tokenizer)
+    store = str(root / "runs.sqlite")
+    done = harness("compare", "--model", "smollm2-135m", "--model", str(tiny), "--variants",
+                   "llamacpp-f32,llamacpp-q8_0", *SMALL_BUDGET, "--cache-dir", str(root / "cache"), "--out", "mm",
+                   "--store", store, "--json", "-", cwd=root)
+    return root, store, done, json.loads(done.stdout)
+
+
+def test_two_models_score_the_same_text_each_against_its_own_reference(two_models):
+    root, store, done, report = two_models
+    assert [m["name"] for m in report["models"]] == ["smollm2-135m", "tiny-llama"]
+    assert all(m["reference"] == "llamacpp-f32" for m in report["models"])
+    # One tokenizer for both: the same bytes of text make the same tokens, so both scored as many.
+    assert report["models"][0]["tokens_scored"] == report["models"][1]["tokens_scored"] > 0
+    rows = {(r["model"], r["variant"]): r for r in report["results"]}
+    assert set(rows) == {(m, v) for m in ("smollm2-135m", "tiny-llama") for v in ("llamacpp-f32", "llamacpp-q8_0")}
+    assert all(r["status"] == "ok" for r in rows.values()), [r.get("error") for r in rows.values()]
+    for model in ("smollm2-135m", "tiny-llama"):
+        ref, q8 = rows[model, "llamacpp-f32"]["accuracy"], rows[model, "llamacpp-q8_0"]["accuracy"]
+        assert ref["kld_mean"] is None and 0 < q8["kld_mean"] < 0.05  # against its own model's f32, not the other's
+        assert q8["tokens_scored"] == ref["tokens_scored"]
+    # A trained model predicts English far better than random weights: fewer bits per byte, whatever the tokens.
+    assert rows["smollm2-135m", "llamacpp-f32"]["accuracy"]["bits_per_byte"] < 0.5 * rows[
+        "tiny-llama", "llamacpp-f32"]["accuracy"]["bits_per_byte"]
+    assert report["summary"]["accuracy_key"] == "bits_per_byte"
+    assert report["summary"]["recommendations"][0].startswith(
+        "Fastest within +5% bits/byte of the lowest (across models): smollm2-135m/")
+    header = done.stderr.splitlines()
+    assert any(line.split()[:1] == ["model"] and "tiny-llama" not in line for line in header)  # the table's header row
+    assert sorted(p.name for p in (root / "mm" / "logs").iterdir()) == ["smollm2-135m", "tiny-llama"]
+
+
+def test_show_takes_model_slash_variant_and_history_lists_both_models(two_models):
+    root, store, _, report = two_models
+    history = harness("history", "--store", store, cwd=root).stdout
+    assert "smollm2-135m vs tiny-llama" in history
+    shown = harness("show", report["run_id"], "--variant", "tiny-llama/llamacpp-q8_0", "--store", store, cwd=root)
+    assert "tiny-llama/llamacpp-q8_0 against llamacpp-f32" in shown.stdout and "Mean    KLD" in shown.stdout
