@@ -156,7 +156,7 @@ def _prepare(config: CompareConfig, source: Source) -> tuple[PrepareResult, list
     An unknown --reference is named as such, not as a variant.
     """
     from harness.prepare_command import prepare_with_progress
-    from harness.variants import with_reference
+    from harness.reference_policy import with_reference
 
     names = with_reference(list(config.variants) if config.variants else None, config.reference, source, config.device)
     try:
@@ -187,7 +187,7 @@ def _model(config: CompareConfig, name: str, source: Source, prepared: tuple[Pre
            tokenizer: ModelTokenizer, text: TokenizedText, token_budget: int | None) -> _Model:
     """A prepared model with the variants to measure, its reference and the windows of its tokens it scores."""
     from harness.protocols import build_windows
-    from harness.variants import choose_reference
+    from harness.reference_policy import choose_reference
 
     windows = build_windows(text.token_ids, config.protocol, config.ctx, config.stride, tokenizer.bos_id,
                             token_budget, config.max_chunks, text_name=text.corpus_name)

@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Sequence
+from typing import Callable, Sequence
 
 import psutil
 
@@ -30,13 +30,6 @@ TMP_PREFIX = ".tmp-"
 SOURCE_TYPE_NAME = "source-file-type"  # the source GGUF's file type, e.g. q4_1 (it names a variant)
 # Free space under which a failed build is put down to a full disk (native writers do not say ENOSPC).
 NEARLY_FULL_BYTES = 16 * 2**20
-
-# Full-precision variants (all hold the source's weights unchanged) in the order one becomes the
-# reference when none is named: the first whose runtime imports and that this run has. The reference
-# is scored once, first, and its logits are recorded for the others (harness.reference_record), so
-# the fastest of them goes first.
-REFERENCE_ORDER = ("llamacpp-f32", "ort-fp32", "torch-fp32")
-NO_REFERENCE = "none"  # the reference setting that compares against nothing
 
 # What a build raises when this runtime cannot take this model: an UnsupportedModel (transformers or
 # llama.cpp's converter does not know the architecture, the ONNX builder refuses it) makes the variant,
@@ -80,7 +73,7 @@ _CUDA_ORT = (
     VariantSpec("ort-cuda-fp16", "ort", "fp16", "torch-fp32", target="cuda"),
     VariantSpec("ort-cuda-int4", "ort", "int4", "torch-fp32", target="cuda"),
 )
-_FIXED_SPECS = {s.name: s for s in (*_ANY_SOURCE, *_GGUF_SOURCE, *_CUDA_ORT)}
+FIXED_SPECS = {s.name: s for s in (*_ANY_SOURCE, *_GGUF_SOURCE, *_CUDA_ORT)}
 
 
 def catalogue(source: Source, source_type: str | None, device: str = "cpu") -> list[VariantSpec]:
@@ -93,54 +86,9 @@ def catalogue(source: Source, source_type: str | None, device: str = "cpu") -> l
     if device.startswith("cuda"):
         specs = [s for s in specs if s.runtime != "ort"] + list(_CUDA_ORT)
     specs += _GGUF_SOURCE
-    if source.kind == "gguf" and source_type and f"llamacpp-{source_type}" not in _FIXED_SPECS:
+    if source.kind == "gguf" and source_type and f"llamacpp-{source_type}" not in FIXED_SPECS:
         specs.append(VariantSpec(f"llamacpp-{source_type}", "llamacpp", source_type, None))
     return specs
-
-
-# ---- the reference every variant is compared against ----------------------------------
-
-
-def with_reference(names: list[str] | None, reference: str | None, source: Source | None = None,
-                   device: str = "cpu") -> list[str] | None:
-    """The variants to prepare: the requested ones plus the reference (None: every variant).
-
-    Without a named ``reference`` the fallback is the first of ``REFERENCE_ORDER`` whose
-    runtime imports, among ``source``'s variants when ``source`` is given.
-    """
-    if names is None or reference == NO_REFERENCE:
-        return names
-    if not reference:
-        candidates = [s.name for s in catalogue(source, None, device)] if source is not None else REFERENCE_ORDER
-        reference = _fallback_reference(candidates, device)
-    return names if reference is None or reference in names else [*names, reference]
-
-
-def choose_reference(requested: str | None, variants: Sequence[Variant], device: str = "cpu") -> Variant | None:
-    """The variant the others are compared against: ``requested``, else the fallback among ``variants``.
-
-    None when ``requested`` is ``NO_REFERENCE`` or no full-precision variant can run here.
-    """
-    if requested == NO_REFERENCE:
-        return None
-    by_name = {v.name: v for v in variants}
-    if requested:
-        if requested not in by_name:
-            raise UserError(f"not a variant of this run; choose from {', '.join([*by_name, NO_REFERENCE])}",
-                            setting="reference", value=requested)
-        return by_name[requested]
-    name = _fallback_reference(by_name, device)
-    return by_name[name] if name else None
-
-
-def _fallback_reference(candidates: Collection[str], device: str = "cpu") -> str | None:
-    """The first of ``REFERENCE_ORDER`` among ``candidates`` whose runtime imports here and runs on ``device``."""
-    from harness.backends import runtime_unavailable_reason
-
-    for name in REFERENCE_ORDER:
-        if name in candidates and runtime_unavailable_reason(_FIXED_SPECS[name].runtime, device) is None:
-            return name
-    return None
 
 
 # ---- building ----------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from harness.backends import RuntimeUnavailable, open_backend, runtime_unavailab
 from harness.config import CompareConfig
 from harness.errors import UserError
 from harness.monitor import nvml_available
-from harness.variants import catalogue, prepare, with_reference
+from harness.reference_policy import with_reference
+from harness.variants import catalogue, prepare
 
 CPU_ONLY = pytest.mark.skipif(nvml_available(), reason="this machine has an NVIDIA GPU")
 

@@ -17,7 +17,8 @@ from harness import build_torch, variants
 from harness.errors import UserError, one_line
 from harness.manifest import MANIFEST_NAME, Variant
 from harness.sources import resolve_source
-from harness.variants import NO_REFERENCE, REFERENCE_ORDER, choose_reference, load_prepared, prepare, with_reference
+from harness.reference_policy import NO_REFERENCE, REFERENCE_ORDER, choose_reference, with_reference
+from harness.variants import load_prepared, prepare
 
 ALL_VARIANTS = {
     "torch-fp32", "torch-bf16", "ort-fp32", "ort-int4",
