@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -56,9 +58,10 @@ def local_rows(tmp_path_factory, prepared) -> dict:
     return _rows(out)
 
 
-def _compare(out: Path, store: Path, *extra: str, wait: bool = True, budget: list[str] = BUDGET):
+def _compare(out: Path, store: Path, *extra: str, wait: bool = True, budget: list[str] = BUDGET,
+             env: dict[str, str] | None = None):
     command = [sys.executable, "-m", "harness", "compare", *budget, "--out", str(out), "--store", str(store), *extra]
-    environment = {**os.environ, **ENV}
+    environment = {**os.environ, **ENV, **(env or {})}
     if not wait:
         return subprocess.Popen(command, cwd=out.parent, env=environment, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -189,8 +192,12 @@ def test_bad_ray_input_stops_with_one_line_and_exit_2_before_the_store(cluster, 
 def test_ray_local_runs_on_a_private_cluster_that_ends_with_the_run(tmp_path):
     before = _ray_daemons()
     out = tmp_path / "run"
-    result = _compare(out, tmp_path / "store.sqlite", "--ray", "local",
-                      budget=[*BUDGET[2:], "--variants", "llamacpp-q8_0", "--reference", "none"])
+    ray_tmp = tempfile.mkdtemp(prefix="hrl-", dir="/tmp")  # its session folder, not /tmp/ray (short: socket paths)
+    try:
+        result = _compare(out, tmp_path / "store.sqlite", "--ray", "local", env={"RAY_TMPDIR": ray_tmp},
+                          budget=[*BUDGET[2:], "--variants", "llamacpp-q8_0", "--reference", "none"])
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     [row] = _rows(out).values()
     assert row["status"] == "ok" and row["node"]["ray_node"]
