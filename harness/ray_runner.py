@@ -1,6 +1,6 @@
 """The run's jobs as Ray tasks: each one is ``runner.run_job`` on a node with a free slot, rows streamed to the head.
 
-A task runs the local runner's own step on its node: a spawned child per
+A task runs the local runner's own step on its node: a child per
 variant, its timeout, its failed row on a crash, a kill or a timeout. It takes
 one ``harness_slot`` (and one GPU with ``--device cuda``), so two measurements
 never share a node (``harness.cluster``). The head appends each row to

@@ -65,6 +65,7 @@ FRONTIERS = (
     ("peak_rss_mb", "ppl", "M"),
 )
 MODEL_HEADER = "model"  # the first column when a run holds several models
+NODE_HEADER = "node"  # before the status when the rows were measured on several nodes (--ray)
 
 HEADERS = (
     "runtime",
@@ -144,7 +145,14 @@ def frontier_names(run: RunRecord) -> dict[str, list[str]]:
 
 
 def headers(run: RunRecord) -> tuple[str, ...]:
-    return ((MODEL_HEADER,) if run.multi_model else ()) + HEADERS
+    """``HEADERS``, after a model column when the run has several models, with a node column when it used several."""
+    columns = ((MODEL_HEADER,) if run.multi_model else ()) + HEADERS
+    return columns[:-2] + (NODE_HEADER,) + columns[-2:] if _several_nodes(run) else columns
+
+
+def _several_nodes(run: RunRecord) -> bool:
+    """Whether the rows were measured on more than one node (a Ray run, or rows of several runs)."""
+    return len({r.node.label for r in run.results if r.node is not None}) > 1
 
 
 def table_rows(run: RunRecord) -> list[list[str]]:
@@ -155,6 +163,7 @@ def table_rows(run: RunRecord) -> list[list[str]]:
     """
     on_front = {mark: {(r.model, r.variant) for r in pareto_front(run.results, x, y)} for x, y, mark in frontiers(run)}
     machine = machine_marks(run)
+    nodes = _several_nodes(run)
     table = []
     for view in run.per_model():
         ref_ppl = reference_ppl(view)
@@ -179,6 +188,7 @@ def table_rows(run: RunRecord) -> list[list[str]]:
                 fmt_speed(row, "decode_tok_s"),
                 fmt_speed(row, "ttft_ms"),
                 fmt_fixed(row.metric("peak_rss_mb"), 0),
+                *([row.node.label if row.node is not None else ABSENT] if nodes else []),
                 row.status or ABSENT,
                 " ".join(marks),
             ]
@@ -189,6 +199,8 @@ def table_rows(run: RunRecord) -> list[list[str]]:
 def render_table(run: RunRecord, tablefmt: str = "simple") -> str:
     """The results table in any ``tabulate`` format ("simple", "github", "html", ...)."""
     colalign = (("left",) if run.multi_model else ()) + COLALIGN
+    if _several_nodes(run):
+        colalign = colalign[:-2] + ("left",) + colalign[-2:]
     return tabulate(table_rows(run), headers=headers(run), tablefmt=tablefmt, colalign=colalign,
                     disable_numparse=True)
 

@@ -230,6 +230,11 @@ class NodeInfo(_Record):
         """What makes two rows' speeds comparable: the CPU and GPU, not the host's name."""
         return self.cpu, self.gpu
 
+    @property
+    def label(self) -> str:
+        """The node as the table names it: its host, and its Ray node id's start where it has one."""
+        return "/".join(part for part in (self.host, (self.ray_node or "")[:8]) if part) or "?"
+
 
 @dataclass(frozen=True)
 class VariantRow(_Record):

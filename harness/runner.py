@@ -1,4 +1,4 @@
-"""Each variant in its own spawned child, with a timeout; rows appended to a JSONL file as they finish.
+"""Each variant in a child process of its own, with a timeout; rows appended to a JSONL file as they finish.
 
 A crash, a kill by a signal (the OOM killer's included) or a timeout costs
 only that variant: it becomes a ``status: "failed"`` row whose ``error`` says
@@ -111,7 +111,7 @@ def _send_output_to(log_path: str) -> None:
 def _child_main(conn: Connection, parent_pid: int, environ: Mapping[str, str], target: Callable, args: tuple,
                 kwargs: Mapping, log_path: str | None = None) -> None:
     _die_with_parent(parent_pid)
-    os.environ.clear()  # the parent's environment as it is now, as a spawned child would have it
+    os.environ.clear()  # the parent's environment as it is now, not the server's from when it started
     os.environ.update(environ)
     if log_path is not None:
         _send_output_to(log_path)

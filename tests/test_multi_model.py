@@ -164,3 +164,24 @@ def test_a_two_model_page_draws_each_model_in_its_own_shape_and_opens_a_rows_det
                       ".find(tr => tr.cells[0].dataset.variant === 'big/llamacpp-q4_k_m').cells[2]")
         assert browser.wait_for(f"{VISIBLE_DETAIL} === 'big/llamacpp-q4_k_m'")
         assert not browser.exceptions()
+
+
+def test_rows_from_several_nodes_get_a_node_column_but_one_machine_gets_no_hardware_mark():
+    data = sample_dict()
+    for i, row in enumerate(data["results"]):  # two Ray nodes on one host, the same hardware
+        row["node"] = {"host": "box", "cpu": "CPU A", "ray_node": "a819244a97d3" if i % 2 else "33d27552ee95"}
+    run = RunRecord.from_dict(data)
+    headers = report.headers(run)
+    assert headers[-3:] == ("node", "status", "marks")
+    cells = [dict(zip(headers, c)) for c in report.table_rows(run)]
+    assert {c["node"] for c in cells} == {"box/a819244a", "box/33d27552"}
+    assert not any(c["marks"].split()[-1:] in (["m1"], ["m2"]) for c in cells)  # same CPU: speeds compare
+    assert "node" in report.render_table(run).splitlines()[0]
+    assert "node" not in report.headers(sample_run_one_node())
+
+
+def sample_run_one_node() -> RunRecord:
+    data = sample_dict()
+    for row in data["results"]:
+        row["node"] = {"host": "box", "cpu": "CPU A"}
+    return RunRecord.from_dict(data)
