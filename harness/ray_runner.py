@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 from harness import cluster
 from harness.cluster import ray_error_line
 from harness.results import VariantRow
-from harness.runner import DEFAULT_TIMEOUT_S, VariantJob, append_result, failed_row, finished_rows, run_job
+from harness.runner import DEFAULT_TIMEOUT_S, VariantJob, append_result, failed_row, job_keys, open_results, run_job
 
 RETRIES = 1  # a task whose node or worker is lost is submitted once more before its row says so
 # The environment variables Ray sets in its workers that a local child would not see.
@@ -55,9 +55,7 @@ def run_variants_on_ray(
     The cluster is checked (``harness.cluster.check_cluster``) before the
     results file is touched; a mistake there is a UserError.
     """
-    keys = [job.key for job in jobs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"(model, variant) pairs must be unique, got {keys}")
+    keys = job_keys(jobs)
     path = Path(results_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Ray prints the cluster's own messages (a node marked dead, its raylet's last log lines) on stdout,
@@ -65,9 +63,7 @@ def run_variants_on_ray(
     with open(path.with_name(RAY_LOG_NAME), "a", encoding="utf-8") as ray_log, \
             contextlib.redirect_stdout(ray_log), cluster.connected(address, ray_log):
         cluster.check_cluster(address, _device(jobs), _variants(jobs), {job.runtime for job in jobs})
-        done = finished_rows(path, retry_failed) if resume else {}
-        if not resume:
-            path.write_bytes(b"")
+        done = open_results(path, resume, retry_failed)
         _Schedule(path, timeout_s, on_row, done).run([job for job in jobs if job.key not in done])
     return [done[key] for key in keys]
 

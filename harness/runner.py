@@ -270,14 +270,9 @@ def run_variants(
     have a row there are not run again (failed ones are, with ``retry_failed``).
     ``on_row`` sees each new row as it is written (for progress output).
     """
-    keys = [job.key for job in jobs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"(model, variant) pairs must be unique, got {keys}")
+    keys = job_keys(jobs)
     path = Path(results_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = finished_rows(path, retry_failed) if resume else {}
-    if not resume:
-        path.write_bytes(b"")
+    done = open_results(path, resume, retry_failed)
     for job in jobs:
         if job.key in done:
             continue
@@ -287,6 +282,23 @@ def run_variants(
         if on_row is not None:
             on_row(row)
     return [done[key] for key in keys]
+
+
+def job_keys(jobs: Sequence[VariantJob]) -> list[tuple[str | None, str]]:
+    """Each job's (model, variant), in order; two jobs with one key are a bug in the caller."""
+    keys = [job.key for job in jobs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"(model, variant) pairs must be unique, got {keys}")
+    return keys
+
+
+def open_results(path: Path, resume: bool, retry_failed: bool = False) -> dict[tuple[str | None, str], VariantRow]:
+    """Make the results file ready for appending: emptied, or (``resume``) kept with the rows it already has."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return finished_rows(path, retry_failed)
+    path.write_bytes(b"")
+    return {}
 
 
 def finished_rows(path: Path, retry_failed: bool = False) -> dict[tuple[str | None, str], VariantRow]:
