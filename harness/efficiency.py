@@ -12,9 +12,16 @@ llama-bench's ``pp`` and ``tg``:
   llama-bench's ``tg``; ``tokens produced / seconds`` and the per-token stamps
   give the inter-token latency percentiles.
 
-Warmups, each a full prefill and a full decode, are run and discarded: a
-shorter decode warm-up than the measured one left decode slower than
-llama-bench's. The measured repetitions come in rounds of one prefill and one
+Warm-ups are run and discarded. Each is a full decode (a shorter decode
+warm-up than the measured one left decode slower than llama-bench's) and a
+prefill: first a ``WARMUP_PROBE_TOKENS`` prompt, which touches every weight
+and times the prefill, then the full prompt, whose shape-specific first-call
+costs (ORT's and torch's buffers: about 0.1 s on a 1-second prefill,
+``benchmarks/bench_warmup.py``) would otherwise land in the first measured
+prefill. The full prompt is skipped when the probe projects a prefill of at
+least ``LONG_PREFILL_S``: such a cost is then under 3 % of one run, and the
+skipped warm-up is the longest single step of the speed tests (torch bf16 on a
+CPU without native bf16: 7 s). The measured repetitions come in rounds of one prefill and one
 decode, so a drift in machine speed touches both alike. After the minimum
 (``repetitions``) a test runs again only while the 95 % interval of its speed
 (``harness.stats``) is wider than the precision target, up to
@@ -47,6 +54,8 @@ from harness.stats import Stats
 from harness.tokenizer import speed_token_pool
 
 DECODE_PROMPT_TOKENS = 1  # llama-bench tg: generation starts from an empty cache
+WARMUP_PROBE_TOKENS = 64  # the warm-up's first prefill: its time projects the full prompt's
+LONG_PREFILL_S = 4.0  # a projected prefill this long skips the full-prompt warm-up (module docstring)
 MAX_DECODE_ATTEMPTS = 5  # prompts to try when one ends in EOS before a second token
 
 # Keys with a median over repetitions, hence a ``_spread``, a ``_ci`` and a place in ``noisy`` (energies too).
@@ -78,6 +87,15 @@ def _decode(backend: Backend, draw: Callable[[int], np.ndarray], gen_tokens: int
         if len(generation.token_times_s) >= min(2, gen_tokens):
             return generation
     raise RuntimeError(f"{backend.variant.name}: {MAX_DECODE_ATTEMPTS} random prompts each ended after one token")
+
+
+def _warm_up(backend: Backend, draw: Callable[[int], np.ndarray], prompt_tokens: int, gen_tokens: int) -> None:
+    """One discarded warm-up: a probe prefill, the full prefill unless the probe projects a long one, a decode."""
+    probe_tokens = min(WARMUP_PROBE_TOKENS, prompt_tokens)
+    projected_s = _prefill_seconds(backend, draw(probe_tokens)) * prompt_tokens / probe_tokens
+    if probe_tokens < prompt_tokens and projected_s < LONG_PREFILL_S:
+        _prefill_seconds(backend, draw(prompt_tokens))
+    _decode(backend, draw, gen_tokens)
 
 
 @dataclass(frozen=True)
@@ -137,8 +155,7 @@ def measure_efficiency(
     draw = _prompt_drawer(speed_token_pool(backend.variant.tokenizer_path) if token_pool is None else token_pool, seed)
     start = clock()
     for _ in range(warmup):
-        _prefill_seconds(backend, draw(prompt_tokens))
-        _decode(backend, draw, gen_tokens)
+        _warm_up(backend, draw, prompt_tokens, gen_tokens)
     runs = _Runs(backend, draw, prompt_tokens, gen_tokens, PackageEnergy(powercap_root), clock)
     with ResourceMonitor(clock=clock) as resources:
         runs.repeat(plan, start)

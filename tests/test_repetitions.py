@@ -17,7 +17,7 @@ import pytest
 from fakes import TimingOnlyBackend, fake_variant
 
 from harness.backends.base import Generation
-from harness.efficiency import RepetitionPlan, measure_efficiency
+from harness.efficiency import LONG_PREFILL_S, WARMUP_PROBE_TOKENS, RepetitionPlan, measure_efficiency
 
 PROMPT_TOKENS = 100
 GEN_TOKENS = 10
@@ -32,7 +32,8 @@ class FakeClock:
 
 
 class ClockedBackend(TimingOnlyBackend):
-    """A prefill takes ``prefill_s``; each decode runs at the next speed of ``decode_tok_s`` (cycled).
+    """A prefill of ``PROMPT_TOKENS`` takes ``prefill_s`` (others in proportion); each decode runs at the next
+    speed of ``decode_tok_s`` (cycled).
 
     Every call moves the shared fake clock to its last token's stamp, so the
     loop's budget sees the scripted durations; ``on_run(kind, produced)`` lets
@@ -49,12 +50,14 @@ class ClockedBackend(TimingOnlyBackend):
         self.speeds = cycle(decode_tok_s)
         self.on_run = on_run
         self.calls: list[str] = []
+        self.prompt_lengths: list[int] = []
 
     def generate(self, prompt_ids, max_new_tokens: int) -> Generation:
         start = self.clock.now
         kind = "prefill" if len(prompt_ids) > 1 else "decode"
+        self.prompt_lengths.append(len(prompt_ids))
         if kind == "prefill":
-            times = [start + self.prefill_s] * max_new_tokens
+            times = [start + self.prefill_s * len(prompt_ids) / PROMPT_TOKENS] * max_new_tokens
         else:
             step = 1.0 / next(self.speeds)
             times = [start + (i + 1) * step for i in range(max_new_tokens)]
@@ -89,15 +92,16 @@ def test_decode_repeats_until_its_interval_is_within_the_target_while_a_precise_
 
 
 def test_the_next_round_starts_only_when_it_is_expected_to_end_within_the_budget():
-    # Warm-up: prefill 2 s + decode at 10 tok/s (1 s) = 3 s. Rounds: 2 + 2 (5 tok/s), 2 + 1, 2 + 2 -> 14 s.
-    # Prefill is constant, so only decode goes on: expected 5/3 s -> 15.7 <= 17, runs (1 s) -> 15;
-    # expected 6/4 -> 16.5, runs (2 s) -> 17; expected 8/5 -> 18.6 > 17: stop.
+    # Warm-up: probe 1.28 s (64 of 100 tokens) + prefill 2 s + decode at 10 tok/s (1 s) = 4.28 s.
+    # Rounds: 2 + 2 (5 tok/s), 2 + 1, 2 + 2 -> 15.28 s. Prefill is constant, so only decode goes on:
+    # expected 5/3 s -> 16.9 <= 18.28, runs (1 s) -> 16.28; expected 6/4 -> 17.78, runs (2 s) -> 18.28;
+    # expected 8/5 -> 19.88 > 18.28: stop.
     backend = ClockedBackend(FakeClock(), prefill_s=2.0, decode_tok_s=[10.0, 5.0])
-    eff = measure(backend, warmup=1, budget_s=17.0)
-    assert backend.calls == ["prefill", "decode"] * 4 + ["decode"] * 2
+    eff = measure(backend, warmup=1, budget_s=18.28)
+    assert backend.calls == ["prefill"] + ["prefill", "decode"] * 4 + ["decode"] * 2
     assert eff.repetitions == 5 and len(eff.repetition_values["prefill_tok_s"]) == 3
     assert eff.repetition_values["decode_tok_s"] == pytest.approx([5, 10, 5, 10, 5])
-    assert eff.speed_wall_s == pytest.approx(17.0)
+    assert eff.speed_wall_s == pytest.approx(18.28)
     assert "decode_tok_s" in eff.noisy and "prefill_tok_s" not in eff.noisy
 
 
@@ -105,9 +109,34 @@ def test_a_budget_shorter_than_the_minimum_still_runs_the_minimum_and_nothing_mo
     # The torch-bf16 case: a 7-second prefill on a CPU without native bf16 runs its 3 repetitions, no more.
     backend = ClockedBackend(FakeClock(), prefill_s=7.0, decode_tok_s=[10.0, 5.0])
     eff = measure(backend, warmup=1, budget_s=1.0)
-    assert backend.calls == ["prefill", "decode"] * 4
+    assert backend.calls == ["prefill", "decode"] * 4  # the warm-up's probe projects 7 s: no full-prompt warm-up
     assert eff.repetitions == 3 and "decode_tok_s" in eff.noisy and "prefill_tok_s" not in eff.noisy
-    assert eff.speed_wall_s == pytest.approx(4 * 7.0 + (1 + 2 + 1 + 2))  # warm-up and 3 rounds, past the budget
+    # The probe (64 of 100 tokens), the warm-up decode and 3 rounds, past the budget.
+    assert eff.speed_wall_s == pytest.approx(0.64 * 7.0 + 1 + 3 * 7.0 + (2 + 1 + 2))
+
+
+@pytest.mark.parametrize("prefill_s, warm_up_prompts", [
+    (1.0, [WARMUP_PROBE_TOKENS, PROMPT_TOKENS, 1]),  # projected 1 s: the full prompt too, its first-call costs paid
+    (LONG_PREFILL_S * 0.99, [WARMUP_PROBE_TOKENS, PROMPT_TOKENS, 1]),
+    (LONG_PREFILL_S, [WARMUP_PROBE_TOKENS, 1]),  # projected long: they are small beside one run, so skipped
+])
+def test_the_warm_up_probes_the_prefill_and_runs_the_full_prompt_only_when_it_is_not_long(prefill_s, warm_up_prompts):
+    backend = ClockedBackend(FakeClock(), prefill_s=prefill_s, decode_tok_s=[100.0])
+    eff = measure(backend, warmup=1, max_repetitions=3)
+    warm_up = len(warm_up_prompts)
+    assert backend.prompt_lengths[:warm_up] == warm_up_prompts
+    assert backend.prompt_lengths[warm_up:] == [PROMPT_TOKENS, 1] * 3  # the measured rounds are untouched
+    assert eff.repetition_values["ttft_ms"] == pytest.approx([1000 * prefill_s] * 3)
+
+
+def test_two_warm_ups_each_probe_and_a_prompt_no_longer_than_the_probe_is_warmed_once():
+    backend = ClockedBackend(FakeClock(), prefill_s=1.0, decode_tok_s=[100.0])
+    measure(backend, warmup=2, max_repetitions=3)
+    assert backend.prompt_lengths[:6] == [WARMUP_PROBE_TOKENS, PROMPT_TOKENS, 1] * 2
+    short = ClockedBackend(FakeClock(), prefill_s=1.0, decode_tok_s=[100.0])
+    measure_efficiency(short, 16, GEN_TOKENS, warmup=1, repetitions=3, max_repetitions=3, token_pool=np.arange(50),
+                       clock=short.clock, powercap_root=Path("/nonexistent/powercap"))
+    assert short.prompt_lengths == [16, 1] + [16, 1] * 3  # the probe is the whole prompt
 
 
 def test_the_maximum_count_ends_a_test_that_never_gets_precise():
