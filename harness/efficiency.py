@@ -21,8 +21,10 @@ costs (ORT's and torch's buffers: about 0.1 s on a 1-second prefill,
 prefill. The full prompt is skipped when the probe projects a prefill of at
 least ``LONG_PREFILL_S``: such a cost is then under 3 % of one run, and the
 skipped warm-up is the longest single step of the speed tests (torch bf16 on a
-CPU without native bf16: 7 s). The measured repetitions come in rounds of one prefill and one
-decode, so a drift in machine speed touches both alike. After the minimum
+CPU without native bf16: 7 s).
+
+The measured repetitions come in rounds of one prefill and one decode, so a
+drift in machine speed touches both alike. After the minimum
 (``repetitions``) a test runs again only while the 95 % interval of its speed
 (``harness.stats``) is wider than the precision target, up to
 ``max_repetitions``; a round starts only when it is expected to end within
