@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from common import loaded_backend, prepared_variants, variant_from_dir
 
-from harness.efficiency import LONG_PREFILL_S, WARMUP_PROBE_TOKENS, _decode, _prefill_seconds, _prompt_drawer
+from harness.efficiency import (WARMUP_PROBE_TOKENS, _decode, _prefill_seconds, _prompt_drawer,
+                                warms_up_full_prompt)
 from harness.environment import usable_cpus
 from harness.manifest import Variant
 from harness.tokenizer import speed_token_pool
@@ -51,7 +52,7 @@ def run_child(variant_dir: str, kind: str, threads: int, prompt_tokens: int, gen
         start = time.perf_counter()
         probe_s = full_s = None
         if kind != "none":
-            probe_s = _prefill_seconds(backend, draw(WARMUP_PROBE_TOKENS))
+            probe_s = _prefill_seconds(backend, draw(min(WARMUP_PROBE_TOKENS, prompt_tokens)))
             if kind == "full":
                 full_s = _prefill_seconds(backend, draw(prompt_tokens))
             _decode(backend, draw, gen_tokens)
@@ -128,8 +129,10 @@ def print_table(results: dict[str, dict[str, list[dict]]], args) -> None:
     for name, by_kind in results.items():
         probes = [m["probe_s"] for kind in ("probe", "full") for m in by_kind[kind] if "error" not in m]
         fulls = [m["full_warmup_s"] for m in by_kind["full"] if "error" not in m]
-        projected = float(np.median(probes)) * args.prompt_tokens / WARMUP_PROBE_TOKENS if probes else float("nan")
-        rule = "probe" if projected >= LONG_PREFILL_S else "full"
+        probe_tokens = min(WARMUP_PROBE_TOKENS, args.prompt_tokens)
+        probe_s = float(np.median(probes)) if probes else float("nan")
+        projected = probe_s * args.prompt_tokens / probe_tokens
+        rule = "full" if warms_up_full_prompt(probe_s, probe_tokens, args.prompt_tokens) else "probe"
         saved = float(np.median(fulls)) if rule == "probe" and fulls else 0.0
         rows.append([name, *(_ratio(by_kind[kind]) for kind in KINDS), f"{projected:.2f}", rule, f"{saved:.1f}"])
     print(f"threads {args.threads}, pp{args.prompt_tokens}, tg{args.gen_tokens}, {args.reps} measured prefills, "

@@ -91,11 +91,15 @@ def _decode(backend: Backend, draw: Callable[[int], np.ndarray], gen_tokens: int
     raise RuntimeError(f"{backend.variant.name}: {MAX_DECODE_ATTEMPTS} random prompts each ended after one token")
 
 
+def warms_up_full_prompt(probe_s: float, probe_tokens: int, prompt_tokens: int) -> bool:
+    """Whether the warm-up runs the full prompt after a ``probe_tokens`` probe that took ``probe_s``."""
+    return probe_tokens < prompt_tokens and probe_s * prompt_tokens / probe_tokens < LONG_PREFILL_S
+
+
 def _warm_up(backend: Backend, draw: Callable[[int], np.ndarray], prompt_tokens: int, gen_tokens: int) -> None:
     """One discarded warm-up: a probe prefill, the full prefill unless the probe projects a long one, a decode."""
     probe_tokens = min(WARMUP_PROBE_TOKENS, prompt_tokens)
-    projected_s = _prefill_seconds(backend, draw(probe_tokens)) * prompt_tokens / probe_tokens
-    if probe_tokens < prompt_tokens and projected_s < LONG_PREFILL_S:
+    if warms_up_full_prompt(_prefill_seconds(backend, draw(probe_tokens)), probe_tokens, prompt_tokens):
         _prefill_seconds(backend, draw(prompt_tokens))
     _decode(backend, draw, gen_tokens)
 
