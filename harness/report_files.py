@@ -19,7 +19,7 @@ import numpy as np
 from harness import report
 from harness import report_html as report_html_module
 from harness.report_html import FRONTIER_COLOUR, OTHER_COLOUR, RUNTIME_COLOURS
-from harness.results import RunRecord, VariantRow
+from harness.results import RunRecord, VariantRow, json_safe
 
 FILE_NAMES = ("report.json", "results.csv", "report.md", "tradeoff.png", "report.html")
 MODEL_MARKERS = ("o", "s", "D", "^", "P", "*", "h", "v")  # tradeoff.png's marker shape per model
@@ -36,19 +36,6 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def json_safe(value):
-    """``value`` with numpy scalars made plain and NaN/infinities replaced by None, so the JSON is strict."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def report_json(run: RunRecord) -> str:

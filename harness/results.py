@@ -16,10 +16,25 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
+
 SCHEMA_VERSION = 2  # 2: several models per run (RunRecord.models, VariantRow.model); 1 is read as well
 OK, FAILED, UNAVAILABLE = "ok", "failed", "unavailable"
 
 _OPTIONAL = {"optional": True}
+
+
+def json_safe(value):
+    """``value`` with numpy scalars made plain and NaN/infinities replaced by None, so the JSON is strict."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class _Record:

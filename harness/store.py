@@ -18,8 +18,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.paths import STORE_ENV, data_dir
-from harness.report_files import json_safe
-from harness.results import RunRecord, VariantRow
+from harness.results import RunRecord, VariantRow, json_safe
 from harness.stats import ratio_of_medians
 
 STORE_NAME = "harness.sqlite"

@@ -23,17 +23,14 @@ import numpy as np
 from numba import cuda
 
 from .config import CUDA_FASTMATH, CUDA_THREADS_PER_ROW
-from .dispatch import is_device_array
 from .divergence import Divergence
-from .validate import check_targets, raise_for_bad_rows
+from .validate import check_targets, is_device_array, raise_for_bad_rows
 
 _NEG_INF = -math.inf
 
 
-def to_host(array) -> np.ndarray:
-    """A device array's contents as a numpy array (one copy over PCIe); anything else through ``np.asarray``."""
-    if not is_device_array(array):
-        return np.asarray(array)
+def copy_to_host(array) -> np.ndarray:
+    """A device array's contents as a numpy array: one copy over PCIe (``dispatch.to_host`` is the public door)."""
     return _as_numba(array).copy_to_host()
 
 
@@ -80,7 +77,8 @@ class _HostRows:
 
 
 def _device_targets(targets, n_rows: int, vocab_size: int):
-    return cuda.to_device(check_targets(to_host(targets), n_rows, vocab_size))
+    host = copy_to_host(targets) if is_device_array(targets) else np.asarray(targets)
+    return cuda.to_device(check_targets(host, n_rows, vocab_size))
 
 
 def _threads(threads_per_row: int | None) -> int:

@@ -16,20 +16,16 @@ import numpy as np
 from .divergence import Divergence
 from .divergence import divergence as cpu_divergence
 from .nll import token_nll as cpu_token_nll
-
-
-def is_device_array(array) -> bool:
-    """True for GPU data: an object with ``__cuda_array_interface__`` (torch, CuPy) or a Numba device array."""
-    return hasattr(array, "__cuda_array_interface__") or bool(getattr(array, "__cuda_ndarray__", False))
+from .validate import is_device_array
 
 
 def to_host(array) -> np.ndarray:
     """``array`` as a numpy array: GPU data copied over (once), anything else as ``np.asarray`` gives it."""
     if not is_device_array(array):
         return np.asarray(array)
-    from .cuda_scoring import to_host as device_to_host
+    from .cuda_scoring import copy_to_host
 
-    return device_to_host(array)
+    return copy_to_host(array)
 
 
 def device_scoring_available() -> bool:

@@ -7,6 +7,11 @@ import numpy as np
 _ACCEPTED = (np.float32, np.float16)
 
 
+def is_device_array(array) -> bool:
+    """True for GPU data: an object with ``__cuda_array_interface__`` (torch, CuPy) or a Numba device array."""
+    return hasattr(array, "__cuda_array_interface__") or bool(getattr(array, "__cuda_ndarray__", False))
+
+
 def check_logits(logits, name: str = "logits") -> np.ndarray:
     """Return `logits` as a C-contiguous float32 (N, V) array, or raise saying what to change.
 
