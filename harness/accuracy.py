@@ -44,8 +44,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from harness import defaults
 from harness.backends.base import DEFAULT_BLOCK_ROWS, Backend, LogitBlock
-from harness.config import CompareConfig
 from harness.divergence_stats import ReferenceComparison, mean_and_stderr, safe_exp
 from harness.kernels import RunningStats, divergence, token_nll
 from harness.protocols import Window
@@ -60,7 +60,7 @@ DEFAULT_PROMPTS = (
     "The three primary colors are",
     "To make a cup of tea, first",
 )
-DEFAULT_MAX_NEW_TOKENS = CompareConfig.agreement_tokens
+DEFAULT_MAX_NEW_TOKENS = defaults.AGREEMENT_TOKENS
 
 
 def score_variant(

@@ -218,7 +218,7 @@ def _run_show(args: argparse.Namespace) -> int:
     if args.variant is None:
         print(report.render_text(run))
         return 0
-    matches = [r for r in run.results if args.variant in (r.variant, run.label(r))]
+    matches = run.rows_named(args.variant)
     if len(matches) != 1:
         labels = ", ".join(run.label(r) for r in run.results) or "none"
         problem = "names a variant of several models; give model/variant" if matches else "is not in it"

@@ -18,11 +18,12 @@ import os
 import re
 import socket
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
 from harness.errors import UserError, one_line
+from harness.native_output import native_stderr_to
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its errors
 SLOT = "harness_slot"  # the custom resource one measurement takes: one per node measures one at a time
@@ -57,7 +58,7 @@ def connected(address: str, log: IO[str] | None = None) -> Iterator[None]:
         _check_answers(address)
         options["address"] = address
     try:
-        with _native_stderr_to(log):
+        with native_stderr_to(log) if log is not None else nullcontext():
             ray.init(**options)
     except ConnectionError as exc:
         raise UserError(f"no Ray cluster found ({one_line(exc)}); start one with {START_HEAD}, or pass local",
@@ -66,23 +67,6 @@ def connected(address: str, log: IO[str] | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-@contextmanager
-def _native_stderr_to(log: IO[str] | None) -> Iterator[None]:
-    """File descriptor 2 pointed at ``log`` for the block: Ray's C++ core writes there, past ``sys.stderr``."""
-    if log is None:
-        yield
-        return
-    sys.stderr.flush()
-    log.flush()
-    saved = os.dup(2)
-    os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _check_answers(address: str) -> None:

@@ -18,15 +18,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness import defaults
 from harness.backends.llamacpp.config import LlamaCppSettings
 from harness.backends.ort.config import OrtSettings
 from harness.backends.pytorch.config import TorchSettings
 from harness.errors import UserError
 from harness.protocols import PROTOCOLS
 
-# compare's default budget: all 13 variants of the default model within 5 minutes on 2 cores, with
-# room for a slow machine (the README gives the measured wall times).
-DEFAULT_MAX_TOKENS = 1024
+DEFAULT_MAX_TOKENS = defaults.MAX_TOKENS
 DATASET_CHOICES = ("wikitext-2",)
 DEVICE_CHOICES = ("cpu", "cuda")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")  # a choice, or cuda:N (whether that GPU exists: harness.nvml)
@@ -87,7 +86,7 @@ class CompareConfig(ModelConfig):
                                  group="text", choices=DATASET_CHOICES)
     protocol: str = _field("chunked", "chunked: llama-perplexity's windows; strided: sliding windows", group="text",
                            choices=PROTOCOLS)
-    ctx: int = _field(512, "tokens per window", group="text", parse="positive_int", metavar="N")
+    ctx: int = _field(defaults.CTX, "tokens per window", group="text", parse="positive_int", metavar="N")
     stride: int | None = _field(None, "strided protocol step (default ctx/2)", group="text", parse="positive_int",
                                 metavar="S")
     max_tokens: int | None = _field(
@@ -96,31 +95,31 @@ class CompareConfig(ModelConfig):
     max_chunks: int | None = _field(None, "score at most N windows", group="text", parse="positive_int", metavar="N")
     full: bool = _field(False, "score the whole text (no token budget)", group="text")
     # speed
-    prompt_tokens: int = _field(512, "prefill prompt length", group="speed", parse="positive_int", metavar="N")
-    gen_tokens: int = _field(32, "tokens generated per decode run", group="speed", parse="positive_int", metavar="N")
-    repetitions: int = _field(3, "measured repetitions of each speed test at least; more run until the precision "
+    prompt_tokens: int = _field(defaults.PROMPT_TOKENS, "prefill prompt length", group="speed", parse="positive_int", metavar="N")
+    gen_tokens: int = _field(defaults.GEN_TOKENS, "tokens generated per decode run", group="speed", parse="positive_int", metavar="N")
+    repetitions: int = _field(defaults.REPETITIONS, "measured repetitions of each speed test at least; more run until the precision "
                               "target is met, the speed budget ends or --max-repetitions", group="speed",
                               parse="positive_int", metavar="N")
-    max_repetitions: int = _field(30, "measured repetitions of each speed test at most", group="speed",
+    max_repetitions: int = _field(defaults.MAX_REPETITIONS, "measured repetitions of each speed test at most", group="speed",
                                   parse="positive_int", metavar="N")
     precision_target: float = _field(
-        3.0, "stop repeating a speed test once its 95% interval's half-width is within PCT% of its median",
+        defaults.PRECISION_TARGET_PCT, "stop repeating a speed test once its 95% interval's half-width is within PCT% of its median",
         group="speed", parse="percent", metavar="PCT")
     speed_budget: int = _field(
-        6, "seconds per variant for the speed tests, warm-ups included; past the minimum a round starts only "
+        defaults.SPEED_BUDGET_S, "seconds per variant for the speed tests, warm-ups included; past the minimum a round starts only "
             "when it is expected to end within them", group="speed", parse="positive_int", metavar="S")
-    warmup: int = _field(1, "discarded warm-up runs", group="speed", parse="count", metavar="N")
-    agreement_tokens: int = _field(16, "greedy tokens per prompt for generation agreement with the reference",
+    warmup: int = _field(defaults.WARMUP, "discarded warm-up runs", group="speed", parse="count", metavar="N")
+    agreement_tokens: int = _field(defaults.AGREEMENT_TOKENS, "greedy tokens per prompt for generation agreement with the reference",
                                    group="speed", parse="positive_int", metavar="N")
-    device: str = _field("cpu", "where the runtimes run: cpu, or cuda / cuda:N (the Nth GPU CUDA sees)", group="speed",
+    device: str = _field(defaults.DEVICE, "where the runtimes run: cpu, or cuda / cuda:N (the Nth GPU CUDA sees)", group="speed",
                          metavar="cpu|cuda[:N]")
-    timeout: int = _field(900, "seconds one variant may take before it counts as failed", group="speed",
+    timeout: int = _field(defaults.TIMEOUT_S, "seconds one variant may take before it counts as failed", group="speed",
                           parse="positive_int", metavar="S")
     # the answer
     reference: str | None = _field(
         None, "variant that KLD and ΔPPL are measured against, added to the run when missing (default: llamacpp-f32, "
               "else ort-fp32, else torch-fp32); `none`: PPL only", group="answer", metavar="NAME")
-    max_ppl_increase: float = _field(5.0, "PPL increase over the reference, in %, a recommendation may accept",
+    max_ppl_increase: float = _field(defaults.MAX_PPL_INCREASE_PCT, "PPL increase over the reference, in %, a recommendation may accept",
                                      group="answer", parse="percent", metavar="PCT")
     memory_budget: float | None = _field(
         None, "peak memory in MB allowed for the most-accurate recommendation, e.g. 800MB or 2GB", group="answer",

@@ -46,8 +46,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from harness import defaults
 from harness.backends.base import Backend
-from harness.config import CompareConfig
 from harness.energy import POWERCAP_ROOT, PackageEnergy
 from harness.monitor import GpuMonitor, ResourceMonitor
 from harness.nvml import cuda_index
@@ -108,10 +108,10 @@ def _warm_up(backend: Backend, draw: Callable[[int], np.ndarray], prompt_tokens:
 class RepetitionPlan:
     """How many measured repetitions each speed test gets: at least, at most, how precise, and in how long."""
 
-    min_repetitions: int = CompareConfig.repetitions
-    max_repetitions: int = CompareConfig.max_repetitions
-    precision_target_pct: float = CompareConfig.precision_target
-    budget_s: float = CompareConfig.speed_budget
+    min_repetitions: int = defaults.REPETITIONS
+    max_repetitions: int = defaults.MAX_REPETITIONS
+    precision_target_pct: float = defaults.PRECISION_TARGET_PCT
+    budget_s: float = defaults.SPEED_BUDGET_S
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_repetitions <= self.max_repetitions:
@@ -129,15 +129,15 @@ def _prompt_drawer(pool, seed: int) -> Callable[[int], np.ndarray]:
 
 def measure_efficiency(
     backend: Backend,
-    prompt_tokens: int = CompareConfig.prompt_tokens,
-    gen_tokens: int = CompareConfig.gen_tokens,
-    warmup: int = CompareConfig.warmup,
-    repetitions: int = CompareConfig.repetitions,
+    prompt_tokens: int = defaults.PROMPT_TOKENS,
+    gen_tokens: int = defaults.GEN_TOKENS,
+    warmup: int = defaults.WARMUP,
+    repetitions: int = defaults.REPETITIONS,
     seed: int = 0,
     *,
-    max_repetitions: int = CompareConfig.max_repetitions,
-    precision_target_pct: float = CompareConfig.precision_target,
-    budget_s: float = CompareConfig.speed_budget,
+    max_repetitions: int = defaults.MAX_REPETITIONS,
+    precision_target_pct: float = defaults.PRECISION_TARGET_PCT,
+    budget_s: float = defaults.SPEED_BUDGET_S,
     load_s: float | None = None,
     token_pool: np.ndarray | None = None,
     clock: Callable[[], float] = time.perf_counter,

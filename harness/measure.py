@@ -7,9 +7,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from harness.config import CompareConfig
+from harness import backends, defaults
+from harness.accuracy import score_variant
+from harness.efficiency import load_seconds, measure_efficiency
+from harness.kernels import set_num_threads
 from harness.manifest import Variant
 from harness.protocols import Window
+from harness.reference_record import LogitRecorder, RecordedReference
 from harness.results import VariantRow
 from harness.tokenizer import TokenizedText
 
@@ -40,9 +44,9 @@ class MeasureInputs:
     runtime_settings: dict[str, Any] = field(default_factory=dict)  # runtime -> its settings object
     record_dir: str | None = None
     record_limit_bytes: int = 0
-    max_repetitions: int = CompareConfig.max_repetitions  # repetitions is the minimum (harness.efficiency)
-    precision_target_pct: float = CompareConfig.precision_target
-    speed_budget_s: float = CompareConfig.speed_budget
+    max_repetitions: int = defaults.MAX_REPETITIONS  # repetitions is the minimum (harness.efficiency)
+    precision_target_pct: float = defaults.PRECISION_TARGET_PCT
+    speed_budget_s: float = defaults.SPEED_BUDGET_S
 
 
 def measure_variant(variant: Variant, inputs: MeasureInputs) -> dict[str, Any]:
@@ -53,14 +57,10 @@ def measure_variant(variant: Variant, inputs: MeasureInputs) -> dict[str, Any]:
     The reference's own child records its logits; a variant's child reads
     them when the record is complete, else it runs the reference beside it.
     """
-    from harness.backends import RuntimeUnavailable
-    from harness.efficiency import load_seconds, measure_efficiency
-    from harness.kernels import set_num_threads
-
     identity = (variant.name, variant.runtime, variant.precision)
     try:
         backend = _open(variant, inputs)
-    except RuntimeUnavailable as exc:
+    except backends.RuntimeUnavailable as exc:
         return VariantRow.unavailable(*identity, str(exc)).to_dict()
     set_num_threads(inputs.threads)
     try:
@@ -78,16 +78,12 @@ def measure_variant(variant: Variant, inputs: MeasureInputs) -> dict[str, Any]:
 
 
 def _open(variant: Variant, inputs: MeasureInputs):
-    from harness.backends import open_backend
-
-    return open_backend(variant, threads=inputs.threads, device=inputs.device,
+    return backends.open_backend(variant, threads=inputs.threads, device=inputs.device,
                         settings=inputs.runtime_settings.get(variant.runtime))
 
 
 def _score(backend, variant: Variant, inputs: MeasureInputs):
     """The accuracy of the loaded ``backend``: against the record, the live reference, or none."""
-    from harness.accuracy import score_variant
-    from harness.reference_record import LogitRecorder, RecordedReference
 
     common = dict(text=inputs.text, prompts=inputs.prompts, max_new_tokens=inputs.agreement_tokens)
     reference = inputs.reference

@@ -10,18 +10,27 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 @contextlib.contextmanager
-def native_stderr_to(path: str | os.PathLike) -> Iterator[Path]:
-    """Send what C libraries write to fd 2 to ``path`` (a log file, ``os.devnull``) instead of the terminal."""
+def native_stderr_to(target: str | os.PathLike | IO) -> Iterator[Path | None]:
+    """Send what C libraries write to fd 2 to ``target`` instead of the terminal.
+
+    ``target``: a path (a log file, written anew; ``os.devnull``), or a file
+    already open for writing (appended to; the block yields None then).
+    """
     sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "wb") as sink:
+    with contextlib.ExitStack() as stack:
+        if hasattr(target, "fileno"):
+            target.flush()
+            sink, shown = target, None
+        else:
+            sink, shown = stack.enter_context(open(target, "wb")), Path(target)
+        saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
         try:
-            yield Path(path)
+            yield shown
         finally:
             os.dup2(saved, 2)
             os.close(saved)

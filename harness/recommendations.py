@@ -9,12 +9,12 @@ different hardware are said to be so.
 
 from __future__ import annotations
 
-from harness.config import CompareConfig
+from harness import defaults
 from harness.divergence_report import delta_ppl_interval, delta_ppl_upper, fmt_delta_ppl, ties_with_best
 from harness.report_format import ABSENT, fmt_mb, fmt_sig
 from harness.results import RunRecord, VariantRow
 
-FALLBACK_MAX_PPL_INCREASE_PCT = CompareConfig.max_ppl_increase  # stored runs that predate the setting
+FALLBACK_MAX_PPL_INCREASE_PCT = defaults.MAX_PPL_INCREASE_PCT  # stored runs that predate the setting
 
 
 def reference_ppl(run: RunRecord) -> float | None:

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
-from harness.config import CompareConfig
+from harness import defaults
 from harness.divergence_report import (  # noqa: F401  delta_ppl_pct and divergence_lines belong to this interface
     DEFAULT_KLD_NOISE_FLOOR,
     delta_ppl_interval,
@@ -96,7 +96,7 @@ LEGEND = (
     "them; PPL and ΔPPL stay within each model, against its own reference); m1, m2, ...: the machine that measured "
     "the row, when rows come from different hardware. "
     "±h% after a speed: half the width of its 95% interval (a bootstrap of the median over the repetitions), in % "
-    f"of the median; ~: that interval missed the precision target ({CompareConfig.precision_target:g}% unless "
+    f"of the median; ~: that interval missed the precision target ({defaults.PRECISION_TARGET_PCT:g}% unless "
     "--precision-target was given): the repetitions stopped at the speed budget or the maximum count."
 )
 

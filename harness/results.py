@@ -399,9 +399,13 @@ class RunRecord(_Record):
 
     def row(self, variant: str, model: str | None = None) -> VariantRow | None:
         """The row of ``variant`` (of ``model`` when given; a "model/variant" label works too)."""
+        return next(iter(self.rows_named(variant, model)), None)
+
+    def rows_named(self, variant: str, model: str | None = None) -> list[VariantRow]:
+        """Every row ``variant`` names: one per model that has it, unless ``model`` or a "model/variant" label picks one."""
         if model is None and "/" in variant and self.multi_model:
             model, variant = variant.split("/", 1)
-        return next((r for r in self.results if r.variant == variant and (model is None or r.model == model)), None)
+        return [r for r in self.results if r.variant == variant and (model is None or r.model == model)]
 
 
 def _upgraded(data: Mapping[str, Any]) -> Mapping[str, Any]:

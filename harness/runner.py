@@ -24,16 +24,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import psutil
 
-from harness.config import CompareConfig
+from harness import defaults
 from harness.errors import UserError, one_line
 from harness.results import VariantRow
 
-DEFAULT_TIMEOUT_S = float(CompareConfig.timeout)
-# Children are forked from multiprocessing's forkserver, which has imported what every variant's child
-# imports anyway (numpy, Numba, the measurement modules): each variant still runs in a process of its own,
-# forked from that clean server and never from the parent, without paying about a second of imports each
-# (13 of them in a default run). Nothing is run in the server: Numba's thread pool must not be forked.
-CHILD_PRELOAD = ("harness.accuracy", "harness.efficiency", "harness.measure")
+DEFAULT_TIMEOUT_S = float(defaults.TIMEOUT_S)
 # Once the child has sent its row, how long it may take to exit before it is killed.
 EXIT_GRACE_S = 30.0
 # How long a child may take to stop after SIGTERM before it is killed.
@@ -161,10 +156,16 @@ def _stop(process: multiprocessing.process.BaseProcess) -> None:
     process.join()
 
 
-def _child_context() -> multiprocessing.context.BaseContext:
-    """The forkserver context, its server importing ``CHILD_PRELOAD`` when it starts (once per run)."""
+def _child_context(target: Callable) -> multiprocessing.context.BaseContext:
+    """The forkserver context, its server importing the target's module when it starts (once per run).
+
+    Each variant still runs in a process of its own, forked from that clean
+    server and never from the parent, without paying about a second of imports
+    each (numpy, Numba and what the target's module imports at its top). Nothing
+    is run in the server: Numba's thread pool must not be forked.
+    """
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(CHILD_PRELOAD))
+    context.set_forkserver_preload([target.__module__])
     return context
 
 
@@ -176,7 +177,7 @@ def run_in_child(
     log_path: str | None = None,
 ) -> ChildOutcome:
     """Run ``target(*args, **kwargs)`` in a fresh process (``_child_context``), waiting on its pipe and sentinel."""
-    context = _child_context()
+    context = _child_context(target)
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(
         target=_child_main, args=(writer, os.getpid(), dict(os.environ), target, args, dict(kwargs or {}), log_path),

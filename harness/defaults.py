@@ -1,0 +1,24 @@
+"""Every default a run uses, in one leaf module: the configuration (``harness.config``) and the measurement
+modules both read it, so neither depends on the other. It imports nothing.
+
+A name carries its unit where the number has one; ``harness.config`` turns
+each into a command-line flag's default and help.
+"""
+
+# the text scored for accuracy
+CTX = 512  # tokens per window
+# compare's budget: all 13 variants of the default model within 5 minutes on 2 cores, with room for a slow machine
+MAX_TOKENS = 1024  # the text's first N tokens, when neither --max-chunks nor --full is given
+# speed
+PROMPT_TOKENS = 512
+GEN_TOKENS = 32
+WARMUP = 1
+REPETITIONS = 3  # measured repetitions of each speed test at least
+MAX_REPETITIONS = 30
+PRECISION_TARGET_PCT = 3.0  # stop once the 95% interval's half-width is within this % of the median
+SPEED_BUDGET_S = 6  # per variant, warm-ups included
+AGREEMENT_TOKENS = 16  # greedy tokens per prompt for generation agreement with the reference
+DEVICE = "cpu"
+TIMEOUT_S = 900  # one variant's child, before it counts as failed
+# the answer
+MAX_PPL_INCREASE_PCT = 5.0
