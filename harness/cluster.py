@@ -55,7 +55,7 @@ def connected(address: str, log: IO[str] | None = None) -> Iterator[None]:
     if address == "local":
         options.update(address="local", resources={SLOT: 1}, include_dashboard=False)
     else:
-        _check_answers(address)
+        check_answers(address)
         options["address"] = address
     try:
         with native_stderr_to(log) if log is not None else nullcontext():
@@ -69,8 +69,11 @@ def connected(address: str, log: IO[str] | None = None) -> Iterator[None]:
         ray.shutdown()
 
 
-def _check_answers(address: str) -> None:
-    """Fail fast where nothing listens: ray.init would retry for minutes, printing warnings."""
+def check_answers(address: str) -> None:
+    """Fail fast where nothing listens: ray.init would retry for minutes, printing warnings.
+
+    A socket connect only (Ray is not imported), so ``compare`` calls it before it builds or tokenizes anything.
+    """
     given = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
     if not given or given in ("auto", "local"):
         return  # ray.init looks for a cluster on this machine and says at once when there is none

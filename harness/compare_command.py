@@ -68,7 +68,11 @@ def run_compare(config: CompareConfig) -> int:
 
     started = time.perf_counter()
     config = _resolved(config)
-    if not config.ray:  # on Ray the GPUs are the nodes' (harness.cluster checks them before any task)
+    if config.ray:  # an address where no cluster answers stops the run before anything is built or tokenized
+        from harness.cluster import check_answers
+
+        check_answers(config.ray)  # the nodes' GPUs and files are checked once the variants are known
+    else:
         check_cuda_device(config.device)  # a GPU this machine lacks stops the run here, before anything is built
     inputs = _resolve_inputs(config)
     models, text_bytes = _prepare_models(config, inputs)

@@ -165,20 +165,25 @@ def test_resume_after_the_head_is_killed_measures_only_the_missing_rows(cluster,
     print(f"head killed after {sorted(done)}; --resume measured {[row['variant'] for row in new]}")
 
 
-def _refused(address: str, out: Path, *extra: str) -> str:
-    """The one error line of a run that must stop before measuring; asserts nothing reached the store."""
+def _refused(address: str, out: Path, *extra: str, before_scoring: bool = False) -> str:
+    """The one error line of a run that must stop before measuring; asserts nothing reached the store.
+
+    ``before_scoring``: the run must stop before it tokenizes the text (its "scoring N tokens" line).
+    """
     store = out.parent / f"{out.name}.sqlite"
     result = _compare(out, store, "--ray", address, *extra)
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: --ray {address}: "), result.stderr
     assert not store.exists() and not (out / "results.jsonl").exists()
+    if before_scoring:
+        assert ": scoring " not in result.stderr, result.stderr
     return last
 
 
 def test_bad_ray_input_stops_with_one_line_and_exit_2_before_the_store(cluster, tmp_path):
     nowhere = f"127.0.0.1:{_free_port()}"
-    assert "no Ray cluster answers at" in _refused(nowhere, tmp_path / "nowhere")
+    assert "no Ray cluster answers at" in _refused(nowhere, tmp_path / "nowhere", before_scoring=True)
     assert "has harness_slot and GPU" in _refused(cluster.address, tmp_path / "cuda", "--device", "cuda")
     bare = cluster.add_node(python=cluster.python_without_harness())  # Ray installed, the harness not
     try:
