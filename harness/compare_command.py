@@ -83,7 +83,7 @@ def run_compare(config: CompareConfig) -> int:
         for model in models:
             record_dir = Path(record_root, model.name)
             record_dir.mkdir()
-            jobs += _jobs(model, _measure_inputs(config, model, str(record_dir)), out_dir, len(models) > 1)
+            jobs += _jobs(model, _measure_inputs(config, model), str(record_dir), out_dir, len(models) > 1)
             print(f"{model.name}: scoring {model.tokens_scored} tokens of {model.text.corpus_name} "
                   f"({len(model.windows)} windows of {config.ctx}, {config.protocol}) per variant; "
                   f"reference {model.reference.name if model.reference else 'none'}", file=sys.stderr)
@@ -221,11 +221,10 @@ def _not_built_rows(model: _Model) -> list[VariantRow]:
     return [replace(row, model=model.name) for row in unavailable + failed]
 
 
-def _measure_inputs(config: CompareConfig, model: _Model, record_dir: str) -> MeasureInputs:
+def _measure_inputs(config: CompareConfig, model: _Model) -> MeasureInputs:
     """The one frozen object every variant's child of ``model`` is measured with."""
     from harness.accuracy import DEFAULT_PROMPTS
     from harness.measure import MeasureInputs
-    from harness.reference_record import record_limit
     from harness.tokenizer import speed_token_pool
 
     return MeasureInputs(
@@ -245,21 +244,23 @@ def _measure_inputs(config: CompareConfig, model: _Model, record_dir: str) -> Me
         speed_budget_s=config.speed_budget,
         agreement_tokens=config.agreement_tokens,
         runtime_settings=config.runtime_settings(),
-        record_dir=record_dir,
-        record_limit_bytes=record_limit(record_dir),
     )
 
 
-def _jobs(model: _Model, inputs: MeasureInputs, out_dir: Path, several: bool) -> list[VariantJob]:
-    """The model's variants as jobs, its reference first (it records its logits for the others)."""
+def _jobs(model: _Model, inputs: MeasureInputs, record_dir: str, out_dir: Path, several: bool) -> list[VariantJob]:
+    """The model's variants as jobs, its reference first (it records its logits in ``record_dir`` for the others)."""
     from harness.measure import measure_variant
     from harness.runner import VariantJob
 
     logs = out_dir / LOGS_NAME / (model.name if several else "")
     logs.mkdir(parents=True, exist_ok=True)
     order = sorted(model.variants, key=lambda v: v is not model.reference)
+    reference = model.reference
     return [VariantJob(v.name, v.runtime, v.precision, measure_variant, (v, inputs),
-                       log_path=str(logs / f"{v.name}.log"), model=model.name) for v in order]
+                       log_path=str(logs / f"{v.name}.log"), model=model.name, device=inputs.device,
+                       loads=(v,) if reference in (None, v) else (v, reference),
+                       record_dir=record_dir if reference is not None else None, writes_record=v is reference)
+            for v in order]
 
 
 def _measure(jobs: list[VariantJob], out_dir: Path, config: CompareConfig) -> list[VariantRow]:

@@ -13,7 +13,7 @@ from harness.efficiency import load_seconds, measure_efficiency
 from harness.kernels import set_num_threads
 from harness.manifest import Variant
 from harness.protocols import Window
-from harness.reference_record import LogitRecorder, RecordedReference
+from harness.reference_record import LogitRecorder, RecordedReference, record_limit
 from harness.results import VariantRow
 from harness.tokenizer import TokenizedText
 
@@ -24,9 +24,7 @@ class MeasureInputs:
 
     ``token_pool`` is the ids speed prompts are drawn from
     (``harness.tokenizer.speed_token_pool``), read once by the parent: from a
-    GGUF it takes seconds. ``record_dir``/``record_limit_bytes``: where the
-    reference's child records its logits (``harness.reference_record``) and how
-    much it may write; None runs the reference beside each variant.
+    GGUF it takes seconds.
     """
 
     reference: Variant | None
@@ -42,20 +40,20 @@ class MeasureInputs:
     repetitions: int
     agreement_tokens: int  # greedy tokens per prompt for generation agreement
     runtime_settings: dict[str, Any] = field(default_factory=dict)  # runtime -> its settings object
-    record_dir: str | None = None
-    record_limit_bytes: int = 0
     max_repetitions: int = defaults.MAX_REPETITIONS  # repetitions is the minimum (harness.efficiency)
     precision_target_pct: float = defaults.PRECISION_TARGET_PCT
     speed_budget_s: float = defaults.SPEED_BUDGET_S
 
 
-def measure_variant(variant: Variant, inputs: MeasureInputs) -> dict[str, Any]:
+def measure_variant(variant: Variant, inputs: MeasureInputs, record_dir: str | None = None) -> dict[str, Any]:
     """The result row of ``variant`` as a plain dict (run in a fresh child, so load time and peak RSS are its own).
 
     Speed and memory are measured with only this variant loaded; the reference
     is loaded afterwards for the accuracy pass, so it never inflates peak RSS.
-    The reference's own child records its logits; a variant's child reads
-    them when the record is complete, else it runs the reference beside it.
+    The reference's own child records its logits in ``record_dir``
+    (``harness.reference_record``); a variant's child reads them when the
+    record is complete, else (or without a ``record_dir``) it runs the
+    reference beside it.
     """
     identity = (variant.name, variant.runtime, variant.precision)
     try:
@@ -71,7 +69,7 @@ def measure_variant(variant: Variant, inputs: MeasureInputs) -> dict[str, Any]:
             max_repetitions=inputs.max_repetitions, precision_target_pct=inputs.precision_target_pct,
             budget_s=inputs.speed_budget_s, load_s=load_s, token_pool=inputs.token_pool,
         )
-        accuracy = _score(backend, variant, inputs)
+        accuracy = _score(backend, variant, inputs, record_dir)
     finally:
         backend.close()
     return VariantRow(*identity, backend=described, accuracy=accuracy, efficiency=efficiency).to_dict()
@@ -82,17 +80,17 @@ def _open(variant: Variant, inputs: MeasureInputs):
                         settings=inputs.runtime_settings.get(variant.runtime))
 
 
-def _score(backend, variant: Variant, inputs: MeasureInputs):
+def _score(backend, variant: Variant, inputs: MeasureInputs, record_dir: str | None):
     """The accuracy of the loaded ``backend``: against the record, the live reference, or none."""
 
     common = dict(text=inputs.text, prompts=inputs.prompts, max_new_tokens=inputs.agreement_tokens)
     reference = inputs.reference
     if reference is None or reference.name == variant.name:
-        if reference is None or inputs.record_dir is None:
+        if reference is None or record_dir is None:
             return score_variant(backend, inputs.windows, None, **common)
-        with LogitRecorder(inputs.record_dir, inputs.record_limit_bytes) as recorder:
+        with LogitRecorder(record_dir, record_limit(record_dir)) as recorder:
             return score_variant(backend, inputs.windows, None, record=recorder, **common)
-    recorded = RecordedReference.open_if_complete(inputs.record_dir, inputs.windows)
+    recorded = RecordedReference.open_if_complete(record_dir, inputs.windows)
     if recorded is not None:
         return score_variant(backend, inputs.windows, recorded, **common)
     with _open(reference, inputs) as ref_backend:

@@ -162,19 +162,14 @@ def _run_on_node(job: VariantJob, timeout_s: float | None, record: dict | None, 
 
 def _here(job: VariantJob, scratch: Path, record: dict | None) -> VariantJob:
     """The job with its log and its reference record in ``scratch``, a folder of this node."""
-    from harness.reference_record import record_limit
-
     log_path = None if job.log_path is None else str(scratch / Path(job.log_path).name)
-    inputs = _measure_inputs(job)
-    if inputs is None or inputs.record_dir is None:
+    if job.record_dir is None:
         return replace(job, log_path=log_path)
     record_dir = scratch / "reference"
     record_dir.mkdir()
     if record is not None:
         _write_record(record, record_dir)
-    local = replace(inputs, record_dir=str(record_dir),
-                    record_limit_bytes=min(inputs.record_limit_bytes, record_limit(record_dir)))
-    return replace(job, args=tuple(local if arg is inputs else arg for arg in job.args), log_path=log_path)
+    return replace(job, log_path=log_path, record_dir=str(record_dir))
 
 
 def _read_record(record_dir: str) -> dict | None:
@@ -204,35 +199,16 @@ def _write_record(record: dict, record_dir: Path) -> None:
 
 
 # ---- what a job is ------------------------------------------------------------------------------
-def _measure_inputs(job: VariantJob):
-    """The job's ``MeasureInputs`` (what every measurement child of a model shares), if it has one."""
-    from harness.measure import MeasureInputs
-
-    return next((arg for arg in job.args if isinstance(arg, MeasureInputs)), None)
-
-
 def _record_role(job: VariantJob) -> tuple[str | None, bool]:
     """The folder of the record the job reads or writes (None: it has none), and whether it writes it."""
-    inputs = _measure_inputs(job)
-    if inputs is None or inputs.record_dir is None or inputs.reference is None:
-        return None, False
-    return inputs.record_dir, inputs.reference.name == job.variant
+    return job.record_dir, job.record_dir is not None and job.writes_record
 
 
 def _device(jobs: Sequence[VariantJob]) -> str:
     """``cuda`` when a job runs on a GPU (``cuda`` or ``cuda:N``: Ray makes its GPU the task's only one)."""
-    devices = {inputs.device for inputs in map(_measure_inputs, jobs) if inputs is not None}
-    return "cuda" if any(device.startswith("cuda") for device in devices) else "cpu"
+    return "cuda" if any(job.device.startswith("cuda") for job in jobs) else "cpu"
 
 
 def _variants(jobs: Sequence[VariantJob]) -> list:
     """Every variant a job loads: its own, and its reference (a node running it live needs those files)."""
-    from harness.manifest import Variant
-
-    found = {}
-    for job in jobs:
-        inputs = _measure_inputs(job)
-        for item in (*job.args, inputs.reference if inputs is not None else None):
-            if isinstance(item, Variant):
-                found[item.path] = item
-    return list(found.values())
+    return list({variant.path: variant for job in jobs for variant in job.loads}.values())

@@ -14,7 +14,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 
 from harness import report
 from harness import report_html as report_html_module

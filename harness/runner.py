@@ -42,6 +42,11 @@ class VariantJob:
 
     ``log_path``: where the child's stdout and stderr go (appended); None keeps the parent's.
     ``model``: which of the run's models it belongs to; (model, variant) names a job.
+    What a runner that places jobs on other machines needs, so it never looks inside ``args``:
+    ``device`` (``cpu``, ``cuda`` or ``cuda:N``), ``loads`` (every ``harness.manifest.Variant`` whose
+    files the job reads), and ``record_dir``: a folder the job shares with other jobs of its model,
+    which one of them (``writes_record``) fills and the others read; the target gets it as its
+    ``record_dir`` keyword, so a runner may hand it a folder of the node it runs on.
     """
 
     variant: str
@@ -52,6 +57,10 @@ class VariantJob:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     log_path: str | None = None
     model: str | None = None
+    device: str = "cpu"
+    loads: tuple = ()
+    record_dir: str | None = None
+    writes_record: bool = False
 
     @property
     def key(self) -> tuple[str | None, str]:
@@ -321,7 +330,8 @@ def run_job(job: VariantJob, timeout_s: float | None) -> VariantRow:
     from harness.environment import node_info
 
     started = time.time()
-    row = _job_row(job, run_in_child(job.target, job.args, job.kwargs, timeout_s, job.log_path))
+    kwargs = {**job.kwargs, **({"record_dir": job.record_dir} if job.record_dir is not None else {})}
+    row = _job_row(job, run_in_child(job.target, job.args, kwargs, timeout_s, job.log_path))
     return replace(row, model=job.model, node=node_info(), started_unix=round(started, 3),
                    ended_unix=round(time.time(), 3))
 

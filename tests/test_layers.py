@@ -34,6 +34,10 @@ ALLOWED = {
 FORBIDDEN = {
     # the generic runner runs any job: it knows no measurement, configuration or report
     "harness.runner": ("harness.config", *MEASUREMENT, *REPORTS, *COMMANDS),
+    # the Ray runner carries a job's files and its reference record (harness.reference_record's file names), no more
+    "harness.ray_runner": ("harness.config", "harness.measure", "harness.accuracy", "harness.efficiency", *REPORTS,
+                           *COMMANDS),
+    "harness.cluster": ("harness.config", *MEASUREMENT, *REPORTS, *COMMANDS),
     # measurement reads its defaults from harness.defaults, never from the command's configuration
     **{module: ("harness.config", *REPORTS, *COMMANDS) for module in MEASUREMENT},
     # reports read results; they never load a backend or measure

@@ -110,16 +110,15 @@ def test_a_variant_child_reads_the_record_and_never_loads_the_reference(prepared
                             max_tokens=256)
     ref, variant = prepared["llamacpp-f32"], prepared["llamacpp-q8_0"]
     inputs = MeasureInputs(ref, windows, None, PROMPTS, None, threads=1, device="cpu", prompt_tokens=16, gen_tokens=4,
-                           warmup=0, repetitions=1, agreement_tokens=4, record_dir=str(tmp_path),
-                           record_limit_bytes=1 << 30)
-    ref_row = measure_variant(ref, inputs)
+                           warmup=0, repetitions=1, agreement_tokens=4)
+    ref_row = measure_variant(ref, inputs, record_dir=str(tmp_path))
     assert ref_row["status"] == "ok"
     assert (tmp_path / LOGITS_NAME).stat().st_size == sum(w.n_scored for w in windows) * 49152 * 4
 
     opened = []
     real_open = harness.backends.open_backend
     monkeypatch.setattr(harness.backends, "open_backend", lambda v, **kw: opened.append(v.name) or real_open(v, **kw))
-    row = measure_variant(variant, inputs)
+    row = measure_variant(variant, inputs, record_dir=str(tmp_path))
     assert opened == [variant.name]  # the reference came from the record
     assert row["status"] == "ok" and row["accuracy"]["kld_mean"] > 0 and row["accuracy"]["generation_divergence"]
     assert len(row["accuracy"]["generation_divergence"]) == len(PROMPTS)
