@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.config import CompareConfig
+from harness.config import CompareConfig, same_named
 from harness.errors import UserError
 from harness.results import CorpusInfo, ModelInfo, RunRecord, RunSettings, VariantRow
 
@@ -227,22 +227,13 @@ def _measure_inputs(config: CompareConfig, model: _Model) -> MeasureInputs:
     from harness.measure import MeasureInputs
     from harness.tokenizer import speed_token_pool
 
-    return MeasureInputs(
+    return same_named(
+        MeasureInputs, config,
         reference=model.reference,
         windows=model.windows,
         text=model.text,
         prompts=[model.tokenizer.encode(p) for p in DEFAULT_PROMPTS],
         token_pool=speed_token_pool(_hf_dir(model.prepared) or model.source.path),  # the variants share the vocabulary
-        threads=config.threads,
-        device=config.device,
-        prompt_tokens=config.prompt_tokens,
-        gen_tokens=config.gen_tokens,
-        warmup=config.warmup,
-        repetitions=config.repetitions,
-        max_repetitions=config.max_repetitions,
-        precision_target_pct=config.precision_target,
-        speed_budget_s=config.speed_budget,
-        agreement_tokens=config.agreement_tokens,
         runtime_settings=config.runtime_settings(),
     )
 
@@ -269,7 +260,7 @@ def _measure(jobs: list[VariantJob], out_dir: Path, config: CompareConfig) -> li
         from harness.ray_runner import run_variants_on_ray as run_variants
     else:
         from harness.runner import run_variants
-    return run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout, resume=config.resume,
+    return run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout_s, resume=config.resume,
                         on_row=_progress_line(len(jobs), several=len({j.model for j in jobs}) > 1),
                         **({"address": config.ray} if config.ray else {}))
 
@@ -281,15 +272,7 @@ def _environment(threads: int) -> dict:
 
 
 def _run_settings(config: CompareConfig) -> RunSettings:
-    return RunSettings(
-        threads=config.threads, device=config.device, max_ppl_increase_pct=config.max_ppl_increase,
-        memory_budget_mb=config.memory_budget, prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens,
-        repetitions=config.repetitions, max_repetitions=config.max_repetitions,
-        precision_target_pct=config.precision_target, speed_budget_s=config.speed_budget,
-        warmup=config.warmup, max_tokens=config.token_budget,
-        max_chunks=config.max_chunks, agreement_tokens=config.agreement_tokens, timeout_s=config.timeout,
-        runtimes=config.runtime_settings_dicts(),
-    )
+    return same_named(RunSettings, config, max_tokens=config.token_budget, runtimes=config.runtime_settings_dicts())
 
 
 def _deliver(run: RunRecord, out_dir: Path, store_path: Path, json_path: str | None) -> None:

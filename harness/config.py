@@ -15,7 +15,7 @@ CLI reads the text: ``positive_int``, ``count``, ``percent``, ``size_mb``,
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from harness import defaults
@@ -102,10 +102,10 @@ class CompareConfig(ModelConfig):
                               parse="positive_int", metavar="N")
     max_repetitions: int = _field(defaults.MAX_REPETITIONS, "measured repetitions of each speed test at most", group="speed",
                                   parse="positive_int", metavar="N")
-    precision_target: float = _field(
+    precision_target_pct: float = _field(
         defaults.PRECISION_TARGET_PCT, "stop repeating a speed test once its 95% interval's half-width is within PCT% of its median",
         group="speed", parse="percent", metavar="PCT")
-    speed_budget: int = _field(
+    speed_budget_s: int = _field(
         defaults.SPEED_BUDGET_S, "seconds per variant for the speed tests, warm-ups included; past the minimum a round starts only "
             "when it is expected to end within them", group="speed", parse="positive_int", metavar="S")
     warmup: int = _field(defaults.WARMUP, "discarded warm-up runs", group="speed", parse="count", metavar="N")
@@ -113,15 +113,16 @@ class CompareConfig(ModelConfig):
                                    group="speed", parse="positive_int", metavar="N")
     device: str = _field(defaults.DEVICE, "where the runtimes run: cpu, or cuda / cuda:N (the Nth GPU CUDA sees)", group="speed",
                          metavar="cpu|cuda[:N]")
-    timeout: int = _field(defaults.TIMEOUT_S, "seconds one variant may take before it counts as failed", group="speed",
+    timeout_s: int = _field(defaults.TIMEOUT_S, "seconds one variant may take before it counts as failed", group="speed",
                           parse="positive_int", metavar="S")
     # the answer
     reference: str | None = _field(
         None, "variant that KLD and ΔPPL are measured against, added to the run when missing (default: llamacpp-f32, "
               "else ort-fp32, else torch-fp32); `none`: PPL only", group="answer", metavar="NAME")
-    max_ppl_increase: float = _field(defaults.MAX_PPL_INCREASE_PCT, "PPL increase over the reference, in %, a recommendation may accept",
-                                     group="answer", parse="percent", metavar="PCT")
-    memory_budget: float | None = _field(
+    max_ppl_increase_pct: float = _field(
+        defaults.MAX_PPL_INCREASE_PCT, "PPL increase over the reference, in %, a recommendation may accept",
+        group="answer", parse="percent", metavar="PCT")
+    memory_budget_mb: float | None = _field(
         None, "peak memory in MB allowed for the most-accurate recommendation, e.g. 800MB or 2GB", group="answer",
         parse="size_mb", metavar="SIZE")
     # output
@@ -144,23 +145,23 @@ class CompareConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("ctx", "stride", "max_tokens", "max_chunks", "prompt_tokens", "gen_tokens", "repetitions",
-                     "max_repetitions", "speed_budget", "agreement_tokens", "timeout"):
+                     "max_repetitions", "speed_budget_s", "agreement_tokens", "timeout_s"):
             _at_least(self, name, 1)
         if self.max_repetitions < self.repetitions:
             raise UserError(f"must be at least the minimum, repetitions={self.repetitions}; raise the maximum too",
                             setting="max_repetitions", value=self.max_repetitions)
-        if self.precision_target < 0:
-            raise UserError("must be 0 or more", setting="precision_target", value=self.precision_target)
+        if self.precision_target_pct < 0:
+            raise UserError("must be 0 or more", setting="precision_target_pct", value=self.precision_target_pct)
         _at_least(self, "warmup", 0)
         if self.ctx < 2:
             raise UserError("a window needs at least 2 tokens; pass 2 or more", setting="ctx", value=self.ctx)
         if not _DEVICE.match(self.device):
             raise UserError(f"pass one of {', '.join(DEVICE_CHOICES)} or cuda:N (N = 0, 1, ...)", setting="device",
                             value=self.device)
-        if self.max_ppl_increase < 0:
-            raise UserError("must be 0 or more", setting="max_ppl_increase", value=self.max_ppl_increase)
-        if self.memory_budget is not None and self.memory_budget <= 0:
-            raise UserError("must be more than 0", setting="memory_budget", value=self.memory_budget)
+        if self.max_ppl_increase_pct < 0:
+            raise UserError("must be 0 or more", setting="max_ppl_increase_pct", value=self.max_ppl_increase_pct)
+        if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
+            raise UserError("must be more than 0", setting="memory_budget_mb", value=self.memory_budget_mb)
 
     @property
     def token_budget(self) -> int | None:
@@ -175,6 +176,16 @@ class CompareConfig(ModelConfig):
 
     def runtime_settings_dicts(self) -> dict[str, dict[str, Any]]:
         return {runtime: asdict(settings) for runtime, settings in self.runtime_settings().items()}
+
+
+def same_named(cls: type, config: Any, **given: Any) -> Any:
+    """A ``cls`` (a dataclass) whose fields come from ``config``'s fields of the same name, ``given`` for the rest.
+
+    The one mapping from the command's configuration to what it hands on
+    (``MeasureInputs``, ``RunSettings``): a field keeps its name, unit included, on every side.
+    """
+    shared = {f.name for f in fields(cls)} & {f.name for f in fields(config)}
+    return cls(**{name: getattr(config, name) for name in shared - set(given)}, **given)
 
 
 def _at_least(config: Any, name: str, low: int) -> None:

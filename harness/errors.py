@@ -42,8 +42,14 @@ class UserError(Exception):
         return f"{flag}{shown}: {self.problem}"
 
 
+# A field's unit ends its name (``timeout_s``); its flag leaves the unit to the help text (``--timeout S``).
+UNIT_SUFFIXES = ("_s", "_pct", "_mb")
+
+
 def flag_name(setting: str) -> str:
-    """The command-line flag of a configuration field: ``max_tokens`` -> ``--max-tokens``."""
+    """The command-line flag of a configuration field: ``max_tokens`` -> ``--max-tokens``, ``timeout_s`` -> ``--timeout``."""
+    for suffix in UNIT_SUFFIXES:
+        setting = setting.removesuffix(suffix)
     return "--" + setting.replace("_", "-")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from harness import cli
 from harness.backends.llamacpp.config import LlamaCppSettings
-from harness.config import DEFAULT_MAX_TOKENS, CompareConfig, PrepareConfig
+from harness.config import DEFAULT_MAX_TOKENS, CompareConfig, PrepareConfig, same_named
 from harness.errors import UserError
 
 
@@ -39,7 +39,7 @@ def test_flags_reach_the_configuration_runtime_settings_included():
                    "--memory-budget", "2GB", "--llamacpp-type-k", "q8_0", "--no-llamacpp-flash-attn",
                    "--torch-attn-implementation", "eager")
     assert config.ctx == 256 and config.variants == ("llamacpp-q8_0", "ort-int4")
-    assert config.max_ppl_increase == 2.5 and config.memory_budget == 2048.0
+    assert config.max_ppl_increase_pct == 2.5 and config.memory_budget_mb == 2048.0
     assert config.llamacpp == LlamaCppSettings(type_k="q8_0", flash_attn=False)
     assert config.torch.attn_implementation == "eager"
     assert config.runtime_settings_dicts()["llamacpp"]["type_k"] == "q8_0"
@@ -52,14 +52,16 @@ def test_the_token_budget_defaults_only_when_no_budget_is_given():
     assert CompareConfig(max_tokens=1000, max_chunks=40).token_budget == 1000
 
 
-@pytest.mark.parametrize("changes, setting", [({"ctx": 1}, "ctx"), ({"warmup": -1}, "warmup"),
-                                              ({"repetitions": 0}, "repetitions"), ({"threads": 0}, "threads"),
-                                              ({"memory_budget": 0.0}, "memory_budget"), ({"variants": ()}, "variants")])
-def test_a_bad_value_names_its_setting_and_the_cli_its_flag(changes, setting):
+@pytest.mark.parametrize("changes, setting, flag", [
+    ({"ctx": 1}, "ctx", "--ctx"), ({"warmup": -1}, "warmup", "--warmup"),
+    ({"repetitions": 0}, "repetitions", "--repetitions"), ({"threads": 0}, "threads", "--threads"),
+    ({"memory_budget_mb": 0.0}, "memory_budget_mb", "--memory-budget"), ({"timeout_s": 0}, "timeout_s", "--timeout"),
+    ({"precision_target_pct": -1.0}, "precision_target_pct", "--precision-target"), ({"variants": ()}, "variants", "--variants")])
+def test_a_bad_value_names_its_setting_and_the_cli_its_flag(changes, setting, flag):
     with pytest.raises(UserError) as caught:
         CompareConfig(**changes)
     assert caught.value.setting == setting
-    assert caught.value.for_cli().startswith(f"--{setting.replace('_', '-')}")
+    assert caught.value.for_cli().startswith(f"{flag} ")
 
 
 def test_library_defaults_are_the_configurations():
@@ -72,7 +74,22 @@ def test_library_defaults_are_the_configurations():
     for name in ("prompt_tokens", "gen_tokens", "warmup", "repetitions"):
         assert signature[name].default == getattr(CompareConfig, name), name
     assert accuracy.DEFAULT_MAX_NEW_TOKENS == CompareConfig.agreement_tokens
-    assert runner.DEFAULT_TIMEOUT_S == CompareConfig.timeout
+    assert runner.DEFAULT_TIMEOUT_S == CompareConfig.timeout_s
+
+
+def test_what_the_command_hands_on_keeps_the_configurations_names():
+    """RunSettings and MeasureInputs are filled by name (config.same_named): each of their settings is a field of
+    the configuration under the same name, unit included, so none is silently left unset."""
+    from harness.measure import MeasureInputs
+    from harness.results import RunSettings
+
+    configured = {f.name for f in dataclasses.fields(CompareConfig)}
+    given = {"max_tokens", "runtimes"}  # derived by the command: the token budget, each runtime's settings as a dict
+    assert {f.name for f in dataclasses.fields(RunSettings)} - given <= configured
+    per_model = {"reference", "windows", "text", "prompts", "token_pool", "runtime_settings"}
+    assert {f.name for f in dataclasses.fields(MeasureInputs)} - per_model <= configured
+    settings = same_named(RunSettings, CompareConfig(timeout_s=30, speed_budget_s=4), max_tokens=None, runtimes={})
+    assert (settings.timeout_s, settings.speed_budget_s, settings.precision_target_pct) == (30, 4, 3.0)
 
 
 def test_a_runtime_setting_from_the_command_line_reaches_the_backend_and_the_row(prepared, tmp_path):

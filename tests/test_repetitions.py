@@ -201,12 +201,12 @@ def test_the_speed_settings_come_from_the_configuration_and_the_command_line():
 
     parameters = inspect.signature(measure_efficiency).parameters
     for parameter, setting in (("repetitions", "repetitions"), ("max_repetitions", "max_repetitions"),
-                               ("precision_target_pct", "precision_target"), ("budget_s", "speed_budget")):
+                               ("precision_target_pct", "precision_target_pct"), ("budget_s", "speed_budget_s")):
         assert parameters[parameter].default == getattr(CompareConfig, setting), parameter
     args = cli.build_parser().parse_args(["compare", "--repetitions", "4", "--max-repetitions", "9",
                                           "--precision-target", "2.5%", "--speed-budget", "20"])
     config = cli.config_from_args(CompareConfig, args)
-    assert (config.repetitions, config.max_repetitions, config.precision_target, config.speed_budget) == (4, 9, 2.5, 20)
+    assert (config.repetitions, config.max_repetitions, config.precision_target_pct, config.speed_budget_s) == (4, 9, 2.5, 20)
     with pytest.raises(UserError) as caught:
         CompareConfig(repetitions=8, max_repetitions=5)
     assert caught.value.for_cli().startswith("--max-repetitions 5: must be at least the minimum, repetitions=8")
