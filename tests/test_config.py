@@ -9,7 +9,7 @@ import pytest
 from harness import cli
 from harness.backends.llamacpp.config import LlamaCppSettings
 from harness.config import DEFAULT_MAX_TOKENS, CompareConfig, PrepareConfig, same_named
-from harness.errors import UserError
+from harness.errors import UserError, flag_name
 
 
 def parse(*argv: str):
@@ -28,7 +28,7 @@ def test_every_field_has_help_and_a_flag():
     for f in dataclasses.fields(CompareConfig):
         assert f.metadata.get("help"), f.name
         if not f.metadata.get("runtime_settings"):
-            assert f"--{f.name.replace('_', '-')}" in compare_help, f.name
+            assert f"{flag_name(f.name)} " in compare_help, f.name
     for inner in dataclasses.fields(LlamaCppSettings):
         assert inner.metadata.get("help"), inner.name
         assert f"--llamacpp-{inner.name.replace('_', '-')}" in compare_help

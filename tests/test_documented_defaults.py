@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from harness import cli
+from harness.config import CompareConfig
 
 REPO = Path(__file__).resolve().parent.parent
-# `--flag ARG` (VALUE ...) or `--[no-]flag` (on): VALUE a number or a word, not an example in backticks
-STATED = re.compile(r"`--(?:\[no-\])?([a-z0-9-]+)[^`]*` \(([A-Za-z0-9_.]+)(?=[ )])")
+# `--flag ARG` (512), (900 per variant), `--[no-]flag` (on), (f16): a number, or one word alone in the parentheses
+STATED = re.compile(r"`--(?:\[no-\])?([a-z0-9-]+)[^`]*` \((\d+(?:\.\d+)?(?=[ )])|[A-Za-z0-9_]+(?=\)))")
+# Defaults the command derives: --max-tokens applies its budget only when neither --max-chunks nor --full is given.
+DERIVED = {"--max-tokens": CompareConfig().token_budget}
 
 
 def _documents() -> list[Path]:
@@ -54,5 +57,5 @@ def test_the_documents_state_the_defaults_of_the_common_flags():
 def test_a_stated_default_is_the_configurations(document, flag, stated):
     actions = _compare_actions()
     assert flag in actions, f"{document} names {flag}, which compare does not have"
-    default = actions[flag].default
+    default = DERIVED.get(flag, actions[flag].default)
     assert _agrees(stated, default), f"{document} says {flag} defaults to {stated}; the configuration says {default!r}"
