@@ -1,4 +1,4 @@
-"""The result schema: frozen types that round-trip through plain dicts, and the README that lists them."""
+"""The result schema: frozen types that round-trip through plain dicts, and docs/schema.md that lists them."""
 
 from __future__ import annotations
 
@@ -11,27 +11,27 @@ import pytest
 from harness import results
 from harness.results import Accuracy, Efficiency, RunRecord, VariantRow
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+SCHEMA_DOC = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
 SCHEMA_TYPES = ("RunRecord", "ModelInfo", "CorpusInfo", "RunSettings", "VariantRow", "NodeInfo", "Accuracy",
                 "Efficiency")
 
 
 def documented_fields() -> dict[str, list[str]]:
-    """README's report.json items: ``- `Type`...: `field`, `field` (...)`` -> the backticked fields in order."""
-    text = README.read_text(encoding="utf-8")
+    """docs/schema.md's report.json items: ``- `Type`...: `field`, `field` (...)`` -> the backticked fields in order."""
+    text = SCHEMA_DOC.read_text(encoding="utf-8")
     items = re.findall(r"^- `(\w+)`(.*?)(?=^- `|^\n|\Z)", text, flags=re.M | re.S)
     return {name: re.findall(r"`(\w+)`", body) for name, body in items if name in SCHEMA_TYPES}
 
 
-def test_the_readme_lists_exactly_the_fields_each_type_defines_in_order():
+def test_the_schema_doc_lists_exactly_the_fields_each_type_defines_in_order():
     documented = documented_fields()
     assert sorted(documented) == sorted(SCHEMA_TYPES)
     for name in SCHEMA_TYPES:
         assert documented[name] == list(getattr(results, name).field_names()), name
 
 
-def test_the_readme_check_can_fail():
-    """A field missing from the README would be seen: the parsed lists are not vacuous."""
+def test_the_schema_doc_check_can_fail():
+    """A field missing from docs/schema.md would be seen: the parsed lists are not vacuous."""
     documented = documented_fields()
     assert "kld_mean" in documented["Accuracy"] and len(documented["Efficiency"]) == len(Efficiency.field_names())
     assert documented["Accuracy"] != list(Efficiency.field_names())
