@@ -60,7 +60,7 @@ def runtime_unavailable_reason(runtime: str, device: str = "cpu") -> str | None:
 def open_backend(variant: Variant, threads: int | None = None, device: str = "cpu", settings: Any = None):
     """An unloaded backend for ``variant``; use it as a context manager.
 
-    ``threads``: None means every usable CPU (``harness.environment.thread_count``).
+    ``threads``: None means every usable CPU (``harness.machine.environment.thread_count``).
     ``settings``: the variant's runtime's settings object (``SETTINGS_CLASSES[variant.runtime]``),
     None for its defaults; one of another runtime is a TypeError, raised before the runtime is imported.
     RuntimeUnavailable when the runtime does not import, or its installed build cannot run on ``device``

@@ -4,7 +4,7 @@ Subclasses provide raw float32 next-token logits (``_forward_logits``) and
 greedy decoding (``_generate``). ``logit_blocks`` is the template method: it
 checks the sequence, takes the subclass's logits block by block and pairs each
 block with its targets. Production scoring hands those blocks to
-``harness.kernels`` in ``harness/accuracy.py``, so every runtime's accuracy
+``harness.kernels`` in ``harness/measure/accuracy.py``, so every runtime's accuracy
 comes from the same math; ``logprobs`` is a convenience over the same blocks.
 
 On a GPU a runtime that computes its logits there may hand them over where they
@@ -22,9 +22,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from harness.environment import thread_count
+from harness.machine.environment import thread_count
+from harness.machine.nvml import cuda_index
 from harness.manifest import Variant
-from harness.nvml import cuda_index
 
 # Rows of float32 logits handed out at once: 256 x 49,152 x 4 B = 50 MB for SmolLM2.
 DEFAULT_BLOCK_ROWS = 256
@@ -158,7 +158,7 @@ class Backend(abc.ABC):
         """Log-probability of each next token: one float64 (T - 1 - start,) array per sequence.
 
         A convenience for tests and quick checks; the harness scores through
-        ``logit_blocks`` (``harness.accuracy``), which never holds a whole sequence's logits.
+        ``logit_blocks`` (``harness.measure.accuracy``), which never holds a whole sequence's logits.
         """
         from harness.kernels import token_nll
 

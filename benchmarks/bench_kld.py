@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from common import loaded_backend, prepared_variants
 
-from harness.accuracy import score_variant
 from harness.config import DEFAULT_MAX_TOKENS, CompareConfig
-from harness.environment import usable_cpus
 from harness.kernels import set_num_threads
+from harness.machine.environment import usable_cpus
+from harness.measure.accuracy import score_variant
 
 REFERENCE = "llamacpp-f32"
 DEFAULT_CHUNKS = DEFAULT_MAX_TOKENS // CompareConfig.ctx  # compare's default budget: 1,024 tokens
@@ -125,8 +125,8 @@ def llama_base_rounding(ref_logits: np.ndarray, test_logits: np.ndarray) -> tupl
 
 def with_llama_rounding(backend, reference, windows) -> dict:
     """Mean KLD and same-top % of ``backend`` against the recorded reference, rounded as llama-perplexity does."""
-    from harness.accuracy import aligned_rows
     from harness.backends.base import DEFAULT_BLOCK_ROWS
+    from harness.measure.accuracy import aligned_rows
 
     kld, same = [], []
     for index, window in enumerate(windows):
@@ -141,10 +141,10 @@ def with_llama_rounding(backend, reference, windows) -> dict:
 
 
 def harness_side(variants: dict, names: list[str], corpus, base_tokens: np.ndarray, record_dir: Path, args) -> dict:
-    from harness.protocols import build_windows
-    from harness.reference_record import LogitRecorder, RecordedReference
-    from harness.sources import resolve_source
-    from harness.tokenizer import load_tokenizer
+    from harness.build.sources import resolve_source
+    from harness.measure.reference_record import LogitRecorder, RecordedReference
+    from harness.text.protocols import build_windows
+    from harness.text.tokenizer import load_tokenizer
 
     source = resolve_source(None)
     tokenizer = load_tokenizer(source.kind, source.path, Path(variants["torch-fp32"].path))
@@ -210,7 +210,7 @@ def render(rows: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.corpus import load_corpus
+    from harness.text.corpus import load_corpus
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text", type=Path, default=None, help="a text file (default: compare's default corpus)")

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from common import loaded_backend, prepared_variants, summary, variant_from_gguf
 
-from harness.efficiency import measure_efficiency
-from harness.environment import usable_cpus
+from harness.machine.environment import usable_cpus
 from harness.manifest import Variant
-from harness.tokenizer import speed_token_pool
+from harness.measure.efficiency import measure_efficiency
+from harness.text.tokenizer import speed_token_pool
 
 # llama-bench's settings worth printing beside its figures: they decide its speed.
 LLAMA_BENCH_SETTINGS = ("build_commit", "n_threads", "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "poll", "repack", "load_mode", "cpu_info")

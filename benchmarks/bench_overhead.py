@@ -19,13 +19,19 @@ import sys
 import traceback
 
 import numpy as np
-from common import DEFAULT_VARIANTS, loaded_backend, prepared_variants, summary, variant_from_dir
+from common import (
+    DEFAULT_VARIANTS,
+    loaded_backend,
+    prepared_variants,
+    summary,
+    variant_from_dir,
+)
 from direct_loops import DIRECT
 
-from harness.efficiency import DECODE_PROMPT_TOKENS, measure_efficiency
-from harness.environment import usable_cpus
+from harness.machine.environment import usable_cpus
 from harness.manifest import Variant
-from harness.tokenizer import speed_token_pool
+from harness.measure.efficiency import DECODE_PROMPT_TOKENS, measure_efficiency
+from harness.text.tokenizer import speed_token_pool
 
 
 def bench_runtime(variant: Variant, threads: int, prompt_tokens: int, gen_tokens: int, reps: int) -> dict:

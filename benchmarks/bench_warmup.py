@@ -2,7 +2,7 @@
 
 Each variant is loaded in a fresh process per warm-up kind, so its first-call
 costs are real, then runs ``--reps`` prefills of ``--prompt-tokens``, each
-followed by a decode, as ``harness.efficiency`` measures them. The figure is
+followed by a decode, as ``harness.measure.efficiency`` measures them. The figure is
 the first measured prefill's time over the median of the others: 1.00 means
 the warm-up left nothing for the first measured run to pay. Warm-up kinds:
 
@@ -31,11 +31,16 @@ from pathlib import Path
 import numpy as np
 from common import loaded_backend, prepared_variants, variant_from_dir
 
-from harness.efficiency import (WARMUP_PROBE_TOKENS, _decode, _prefill_seconds, _prompt_drawer,
-                                warms_up_full_prompt)
-from harness.environment import usable_cpus
+from harness.machine.environment import usable_cpus
 from harness.manifest import Variant
-from harness.tokenizer import speed_token_pool
+from harness.measure.efficiency import (
+    WARMUP_PROBE_TOKENS,
+    _decode,
+    _prefill_seconds,
+    _prompt_drawer,
+    warms_up_full_prompt,
+)
+from harness.text.tokenizer import speed_token_pool
 
 KINDS = ("none", "probe", "full")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from common import loaded_backend, prepared_variants
 
-from harness.accuracy import score_variant
-from harness.environment import usable_cpus
 from harness.kernels import set_num_threads
+from harness.machine.environment import usable_cpus
+from harness.measure.accuracy import score_variant
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 DEFAULT_VARIANTS = "llamacpp-f32,llamacpp-q8_0,llamacpp-q4_k_m,ort-fp32,torch-fp32"
@@ -46,10 +46,10 @@ def llama_perplexity(binary: Path, gguf: str, text: Path, ctx: int, threads: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.corpus import load_text_file
-    from harness.protocols import build_windows
-    from harness.sources import resolve_source
-    from harness.tokenizer import load_tokenizer
+    from harness.build.sources import resolve_source
+    from harness.text.corpus import load_text_file
+    from harness.text.protocols import build_windows
+    from harness.text.tokenizer import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text", type=Path, default=DEFAULT_TEXT)

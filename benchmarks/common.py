@@ -15,8 +15,8 @@ DEFAULT_VARIANTS = {"llamacpp": "llamacpp-q8_0", "ort": "ort-int4", "torch": "to
 
 def prepared_variants() -> dict[str, Variant]:
     """The default model's variants already in the cache (``python -m harness prepare`` makes them)."""
-    from harness.sources import resolve_source
-    from harness.variants import load_prepared
+    from harness.build.sources import resolve_source
+    from harness.build.variants import load_prepared
 
     return load_prepared(resolve_source(None))
 

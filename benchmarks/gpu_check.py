@@ -37,8 +37,8 @@ GREEDY_TOKENS = 16
 
 def copy_assets(dest: Path) -> None:
     """The default model's config and tokenizer files from its torch-fp32 variant (built if missing)."""
-    from harness.sources import resolve_source
-    from harness.variants import prepare
+    from harness.build.sources import resolve_source
+    from harness.build.variants import prepare
 
     variant = prepare(resolve_source(None), ["torch-fp32"]).variants["torch-fp32"]
     dest.mkdir(parents=True, exist_ok=True)
@@ -87,12 +87,12 @@ def _nll_and_greedy(variant, device: str, threads: int, windows, prompts):
 
 def parity(model_dir: Path, cache: Path, device: str, threads: int) -> bool:
     """torch-fp32 on ``device`` against the CPU on the same tokens: mean NLL within 1e-4 relative, same greedy tokens."""
-    from harness.accuracy import DEFAULT_PROMPTS
-    from harness.corpus import load_corpus
-    from harness.protocols import build_windows
-    from harness.sources import resolve_source
-    from harness.tokenizer import load_tokenizer
-    from harness.variants import prepare
+    from harness.build.sources import resolve_source
+    from harness.build.variants import prepare
+    from harness.measure.accuracy import DEFAULT_PROMPTS
+    from harness.text.corpus import load_corpus
+    from harness.text.protocols import build_windows
+    from harness.text.tokenizer import load_tokenizer
 
     source = resolve_source(str(model_dir))
     variant = prepare(source, ["torch-fp32"], cache, threads).variants["torch-fp32"]
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     elif args.step == "model":
         make_model(args.assets, args.dest, args.tiny)
     elif args.step == "parity":
-        from harness.environment import thread_count
+        from harness.machine.environment import thread_count
 
         return 0 if parity(args.model_dir, args.cache, args.device, thread_count(args.threads)) else 1
     else:

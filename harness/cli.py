@@ -193,13 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from harness.prepare_command import run_prepare
+    from harness.prepare import run_prepare
 
     return run_prepare(config_from_args(PrepareConfig, args))
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from harness.compare_command import run_compare
+    from harness.compare import run_compare
 
     return run_compare(config_from_args(CompareConfig, args))
 

@@ -5,7 +5,7 @@ and the ``help`` metadata), so a default changed here changes the command
 line, the measurement and the README's ``--help`` excerpt together.
 ``__post_init__`` validates only; resolving a default that depends on the
 machine (the thread count) happens in the command, through
-``harness.environment.thread_count``.
+``harness.machine.environment.thread_count``.
 
 Field metadata: ``help``; ``group`` (the --help section); ``parse`` (how the
 CLI reads the text: ``positive_int``, ``count``, ``percent``, ``size_mb``,
@@ -23,12 +23,12 @@ from harness.backends.llamacpp.config import LlamaCppSettings
 from harness.backends.ort.config import OrtSettings
 from harness.backends.pytorch.config import TorchSettings
 from harness.errors import UserError
-from harness.protocols import PROTOCOLS
+from harness.text.protocols import PROTOCOLS
 
 DEFAULT_MAX_TOKENS = defaults.MAX_TOKENS
 DATASET_CHOICES = ("wikitext-2",)
 DEVICE_CHOICES = ("cpu", "cuda")
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")  # a choice, or cuda:N (whether that GPU exists: harness.nvml)
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")  # a choice, or cuda:N (whether that GPU exists: harness.machine.nvml)
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:

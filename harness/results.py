@@ -81,7 +81,7 @@ class Accuracy(_Record):
     """How well a variant predicts the text, and (against a reference) how far it moved.
 
     Definitions, and how each relates to llama-perplexity's printout, are in
-    ``harness.accuracy`` and ``harness.divergence_stats``.
+    ``harness.measure.accuracy`` and ``harness.measure.divergence_stats``.
     """
 
     ppl: float | None = None
@@ -360,7 +360,7 @@ class RunRecord(_Record):
     created_utc: str | None = None
     models: tuple[ModelInfo, ...] = ()
     corpus: CorpusInfo = field(default_factory=CorpusInfo)
-    environment: dict[str, Any] = field(default_factory=dict)  # harness.environment.capture_environment
+    environment: dict[str, Any] = field(default_factory=dict)  # harness.machine.environment.capture_environment
     settings: RunSettings = field(default_factory=RunSettings)
     wall_s: float | None = None
     results: tuple[VariantRow, ...] = ()

@@ -17,7 +17,7 @@ WIKITEXT = REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 @pytest.fixture(scope="session")
 def source():
-    from harness.sources import resolve_source
+    from harness.build.sources import resolve_source
 
     return resolve_source(None)
 
@@ -25,7 +25,7 @@ def source():
 @pytest.fixture(scope="session")
 def prepared(source) -> dict:
     """Every variant of the default model, {name: Variant}, from the user's cache (built if missing)."""
-    from harness.variants import prepare
+    from harness.build.variants import prepare
 
     result = prepare(source)
     assert not result.skipped, result.skipped
@@ -38,6 +38,6 @@ def real_text() -> str:
     repo, else the embedded default corpus, so the tests on the real model never skip for want of text."""
     if WIKITEXT.is_file():
         return WIKITEXT.read_text(encoding="utf-8")
-    from harness.corpus import pydoc_topics_corpus
+    from harness.text.corpus import pydoc_topics_corpus
 
     return pydoc_topics_corpus().text

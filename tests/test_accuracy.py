@@ -5,22 +5,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import naive
 import numpy as np
 import pytest
+from fakes import FakeBackend, fake_variant
 
-from harness.accuracy import (
+from harness.backends.base import LogitBlock
+from harness.measure.accuracy import (
     aligned_rows,
     first_divergence,
     first_divergences,
     score_variant,
 )
-from harness.backends.base import LogitBlock
-from harness.divergence_stats import PAIRED_SUM_KEYS
+from harness.measure.divergence_stats import PAIRED_SUM_KEYS
 from harness.results import Accuracy
-from harness.tokenizer import TokenizedText, token_text_counts
-from harness.protocols import Window, build_windows
-import naive
-from fakes import FakeBackend, fake_variant
+from harness.text.protocols import Window, build_windows
+from harness.text.tokenizer import TokenizedText, token_text_counts
 
 LN2 = math.log(2)
 Z = 1.96

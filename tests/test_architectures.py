@@ -38,8 +38,8 @@ UNAVAILABLE = {("gemma3", "ort-fp32"): "the onnxruntime-genai builder cannot tak
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     """The default model's tokenizer (from its torch-fp32 variant, built in the user's cache if missing)."""
-    from harness.sources import resolve_source
-    from harness.variants import prepare
+    from harness.build.sources import resolve_source
+    from harness.build.variants import prepare
 
     base = prepare(resolve_source(None), ["torch-fp32"]).variants["torch-fp32"]
     return tiny_models.write_tokenizer(Path(base.path), tmp_path_factory.mktemp("tokenizer"))
@@ -87,7 +87,7 @@ def folder_run(folders, cache, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def ggufs(folder_run, folders, cache, tmp_path_factory) -> dict[str, Path]:
     """Each family's F32 GGUF as llama.cpp's converter made it from the folder, under the folder's name."""
-    from harness.sources import resolve_source
+    from harness.build.sources import resolve_source
 
     root = tmp_path_factory.mktemp("ggufs")
     out = {}
@@ -183,8 +183,8 @@ def test_a_folder_and_its_gguf_score_the_same_tokens(folder_run, gguf_run, folde
 def test_a_folder_and_its_gguf_tokenize_the_default_corpus_to_the_same_ids(family, folders, ggufs):
     import numpy as np
 
-    from harness.corpus import pydoc_topics_corpus
-    from harness.tokenizer import load_tokenizer
+    from harness.text.corpus import pydoc_topics_corpus
+    from harness.text.tokenizer import load_tokenizer
 
     corpus = pydoc_topics_corpus()
     by_transformers = load_tokenizer("hf", folders[family], None).tokenize_corpus(corpus)

@@ -68,7 +68,8 @@ def test_library_defaults_are_the_configurations():
     """Functions that take a budget default to the configuration's value, not a number of their own."""
     import inspect
 
-    from harness import accuracy, efficiency, runner
+    from harness.measure import accuracy, efficiency
+    from harness.run import local as runner
 
     signature = inspect.signature(efficiency.measure_efficiency).parameters
     for name in ("prompt_tokens", "gen_tokens", "warmup", "repetitions"):
@@ -80,7 +81,7 @@ def test_library_defaults_are_the_configurations():
 def test_what_the_command_hands_on_keeps_the_configurations_names():
     """RunSettings and MeasureInputs are filled by name (config.same_named): each of their settings is a field of
     the configuration under the same name, unit included, so none is silently left unset."""
-    from harness.measure import MeasureInputs
+    from harness.measure.variant import MeasureInputs
     from harness.results import RunSettings
 
     configured = {f.name for f in dataclasses.fields(CompareConfig)}
@@ -96,8 +97,8 @@ def test_a_runtime_setting_from_the_command_line_reaches_the_backend_and_the_row
     """--llamacpp-type-k/-v travel config -> MeasureInputs -> the child's backend, and the row records them."""
     import numpy as np
 
-    from harness.measure import MeasureInputs, measure_variant
-    from harness.protocols import build_windows
+    from harness.measure.variant import MeasureInputs, measure_variant
+    from harness.text.protocols import build_windows
 
     config = parse("compare", "--llamacpp-type-k", "q8_0", "--llamacpp-type-v", "q8_0", "--llamacpp-n-ubatch", "256")
     windows = build_windows(np.arange(300) % 5000 + 100, "chunked", 128, None, None, max_tokens=256)

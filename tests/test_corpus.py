@@ -8,10 +8,22 @@ import json
 import numpy as np
 import pytest
 
-from harness import corpus as corpus_mod
-from harness.corpus import DEFAULT_CORPUS, Corpus, find_wikitext2, load_corpus, load_text_file, pydoc_topics_corpus
 from harness.errors import UserError
-from harness.tokenizer import bos_to_add, token_text_counts, tokenize, tokenized_from_pieces
+from harness.text import corpus as corpus_mod
+from harness.text.corpus import (
+    DEFAULT_CORPUS,
+    Corpus,
+    find_wikitext2,
+    load_corpus,
+    load_text_file,
+    pydoc_topics_corpus,
+)
+from harness.text.tokenizer import (
+    bos_to_add,
+    token_text_counts,
+    tokenize,
+    tokenized_from_pieces,
+)
 
 WIKI_TEST_SHA256 = "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.energy import PackageEnergy, package_zones
+from harness.machine.energy import PackageEnergy, package_zones
 
 MAX_RANGE_UJ = 262_143_328_850  # what an Intel package reports
 

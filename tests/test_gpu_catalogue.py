@@ -17,12 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.backends import RuntimeUnavailable, open_backend, runtime_unavailable_reason
+from harness.backends import (
+    RuntimeUnavailable,
+    open_backend,
+    runtime_unavailable_reason,
+)
+from harness.build.reference_policy import with_reference
+from harness.build.variants import catalogue, prepare
 from harness.config import CompareConfig
 from harness.errors import UserError
-from harness.monitor import nvml_available
-from harness.reference_policy import with_reference
-from harness.variants import catalogue, prepare
+from harness.machine.monitor import nvml_available
 
 CPU_ONLY = pytest.mark.skipif(nvml_available(), reason="this machine has an NVIDIA GPU")
 
@@ -69,7 +73,7 @@ def test_the_cuda_onnx_build_writes_a_cuda_graph_cached_apart_from_the_cpu_one(s
 
 
 def test_build_ort_refuses_a_target_the_builder_has_not(tmp_path):
-    from harness.build_ort import build_ort
+    from harness.build.ort import build_ort
 
     with pytest.raises(ValueError, match="built for one of cpu, cuda"):
         build_ort(tmp_path, tmp_path / "out", "fp16", tmp_path / "work", target="rocm")
@@ -102,7 +106,7 @@ def test_opening_a_variant_on_cuda_without_the_gpu_build_raises_runtime_unavaila
 
 @CPU_ONLY
 def test_a_variant_on_cuda_without_the_gpu_build_gives_an_unavailable_row_not_a_failure(prepared):
-    from harness.measure import MeasureInputs, measure_variant
+    from harness.measure.variant import MeasureInputs, measure_variant
 
     inputs = MeasureInputs(reference=None, windows=(), text=None, prompts=(), token_pool=np.arange(10), threads=1,
                            device="cuda", prompt_tokens=4, gen_tokens=2, warmup=0, repetitions=1,

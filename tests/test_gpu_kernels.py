@@ -19,10 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import naive
 import numpy as np
 import pytest
-
-import naive
 
 NLL_ATOL = 1e-5  # the CPU kernels' budgets (tests/test_kernels.py)
 KLD_ATOL = 1e-6
@@ -286,7 +285,7 @@ def test_device_scoring_is_unavailable_without_a_gpu_and_the_cpu_kernels_are_unt
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     available, imported_cuda, numpy_on_device = json.loads(proc.stdout.splitlines()[-1])
-    from harness.monitor import nvml_available
+    from harness.machine.monitor import nvml_available
 
     assert available == nvml_available()  # a GPU where NVML sees one, else none
     assert imported_cuda is False and numpy_on_device is False

@@ -1,4 +1,4 @@
-"""GPU memory, utilisation and energy from NVML (harness.nvml, harness.monitor.GpuMonitor), read from a fake NVML.
+"""GPU memory, utilisation and energy from NVML (harness.machine.nvml, harness.machine.monitor.GpuMonitor), read from a fake NVML.
 
 The fake holds what a driver would report and counts the samples taken, so a
 test can change the GPU's state mid-block and know the sampler saw it. The
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from harness.errors import UserError
-from harness.monitor import GpuMonitor, nvml_available
-from harness.nvml import Gpu, check_cuda_device, cuda_index
+from harness.machine.monitor import GpuMonitor, nvml_available
+from harness.machine.nvml import Gpu, check_cuda_device, cuda_index
 
 MB = 1024 * 1024
 
@@ -266,7 +266,7 @@ def _steady_backend(device: str):
 
 def test_efficiency_on_a_cuda_device_has_gpu_memory_utilisation_and_energy_per_token(monkeypatch):
     """Through measure_efficiency, with the fake as pynvml: energy per decode run and per produced token."""
-    from harness.efficiency import measure_efficiency
+    from harness.measure.efficiency import measure_efficiency
 
     fake = FakeNvml(processes=[], used_bytes=700 * MB, energy_readings=list(range(1000, 1_000_000, 3000)))
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -281,7 +281,7 @@ def test_efficiency_on_a_cuda_device_has_gpu_memory_utilisation_and_energy_per_t
 
 
 def test_efficiency_on_the_cpu_has_no_gpu_keys_at_all():
-    from harness.efficiency import measure_efficiency
+    from harness.measure.efficiency import measure_efficiency
 
     result = measure_efficiency(_steady_backend("cpu"), prompt_tokens=4, gen_tokens=4,
                                 warmup=0, repetitions=3, max_repetitions=3, token_pool=np.arange(10),

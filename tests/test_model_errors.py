@@ -123,8 +123,8 @@ def test_a_converter_that_refuses_the_model_makes_the_llamacpp_variants_unavaila
 @pytest.fixture(scope="module")
 def convertible_model(tmp_path_factory) -> Path:
     """A tiny Llama with the default model's tokenizer, which llama.cpp's converter takes."""
-    from harness.sources import resolve_source
-    from harness.variants import prepare as prepare_variants
+    from harness.build.sources import resolve_source
+    from harness.build.variants import prepare as prepare_variants
 
     base = Path(prepare_variants(resolve_source(None), ["torch-fp32"]).variants["torch-fp32"].path)
     tokenizer = tiny_models.write_tokenizer(base, tmp_path_factory.mktemp("tokenizer"))

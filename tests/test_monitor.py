@@ -6,14 +6,14 @@ import time
 
 import numpy as np
 import pytest
-from fakes import TimingOnlyBackend, FakeBackend, fake_variant
+from fakes import FakeBackend, TimingOnlyBackend, fake_variant
 
 from harness.backends.base import Generation
 from harness.config import CompareConfig
-from harness.efficiency import TIMED_KEYS, load_seconds, measure_efficiency
-from harness.monitor import GpuMonitor, ResourceMonitor, nvml_available
-from harness.runner import run_in_child
-from harness.tokenizer import speed_token_pool
+from harness.machine.monitor import GpuMonitor, ResourceMonitor, nvml_available
+from harness.measure.efficiency import TIMED_KEYS, load_seconds, measure_efficiency
+from harness.run.local import run_in_child
+from harness.text.tokenizer import speed_token_pool
 
 EXTRA_MB = 500
 NO_POWERCAP = "/nonexistent/powercap"  # the CPU energy figures are absent whatever this machine exposes

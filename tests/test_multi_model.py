@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from harness import cli, report, report_files, report_html, store
-from harness.results import SCHEMA_VERSION, RunRecord
 from test_report import ok_row, sample_dict
 from test_report_html import PLOT_STATE, VISIBLE_DETAIL, Chromium, needs_chromium
+
+from harness import cli, report, store
+from harness.report import files as report_files
+from harness.report import html as report_html
+from harness.results import SCHEMA_VERSION, RunRecord
 
 
 def with_bpb(row: dict, bits_per_byte: float, model: str, decode: float | None = None) -> dict:

@@ -13,12 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import build_torch, variants
+from harness.build import pytorch as build_torch
+from harness.build import variants
+from harness.build.reference_policy import (
+    NO_REFERENCE,
+    REFERENCE_ORDER,
+    choose_reference,
+    with_reference,
+)
+from harness.build.sources import resolve_source
+from harness.build.variants import load_prepared, prepare
 from harness.errors import UserError, one_line
 from harness.manifest import MANIFEST_NAME, Variant
-from harness.sources import resolve_source
-from harness.reference_policy import NO_REFERENCE, REFERENCE_ORDER, choose_reference, with_reference
-from harness.variants import load_prepared, prepare
 
 ALL_VARIANTS = {
     "torch-fp32", "torch-bf16", "ort-fp32", "ort-int4",
@@ -44,7 +50,7 @@ def test_prepare_builds_all_thirteen_named_variants_with_manifests(prepared, sou
 
 
 def test_second_prepare_does_no_work(prepared, source, monkeypatch):
-    from harness import build_gguf
+    from harness.build import llamacpp as build_gguf
 
     def no_read(path):
         raise AssertionError("a prepare with nothing to build parsed the source GGUF")
@@ -277,7 +283,7 @@ def test_a_runtime_that_cannot_take_the_model_makes_its_variants_unavailable(tmp
 ])
 def test_the_onnx_builder_refusing_the_model_is_unavailable_and_its_crash_a_skip(
         tmp_path, tiny_gguf, monkeypatch, last_line, unavailable):
-    from harness import build_ort
+    from harness.build import ort as build_ort
 
     monkeypatch.setattr(build_torch, "fp32_from_gguf", fake_fp32_copy)
     failure = RuntimeError(f"onnxruntime-genai builder failed (1): {last_line}")
@@ -320,7 +326,7 @@ def test_prepare_result_holds_the_whole_catalogue_in_order(tmp_path, tiny_gguf, 
 
 
 def test_progress_off_a_terminal_is_one_line_per_variant_built_or_skipped(tmp_path, tiny_gguf, monkeypatch, capsys):
-    from harness.prepare_command import prepare_with_progress
+    from harness.prepare import prepare_with_progress
 
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
         monkeypatch.setenv(name, "1" if name != "TRANSFORMERS_VERBOSITY" else "error")  # restored afterwards
@@ -394,3 +400,4 @@ def test_a_transformers_source_has_the_llamacpp_family_and_its_reference(tmp_pat
     assert with_reference(["torch-bf16"], None, hf_source) == ["torch-bf16", "llamacpp-f32"]
     runtimes_that_import({"torch", "ort"})
     assert with_reference(["torch-bf16"], None, hf_source) == ["torch-bf16", "ort-fp32"]
+

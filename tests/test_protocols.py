@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.errors import UserError
-from harness.protocols import build_windows, chunked_windows, strided_windows
+from harness.text.protocols import build_windows, chunked_windows, strided_windows
 
 BOS = 999  # never a text token below, so a scored BOS would show
 

@@ -264,9 +264,9 @@ def _node_id(node) -> str:
 def test_a_record_survives_its_trip_between_nodes(tmp_path):
     """The reference's record, read on its node and written on another, is what a local child would open."""
     from harness.backends.base import LogitBlock
-    from harness.protocols import Window
-    from harness.ray_runner import _read_record, _write_record
-    from harness.reference_record import LogitRecorder, RecordedReference
+    from harness.measure.reference_record import LogitRecorder, RecordedReference
+    from harness.run.on_ray import _read_record, _write_record
+    from harness.text.protocols import Window
 
     rng = np.random.default_rng(0)
     windows = [Window(np.arange(6), 2, np.arange(3, 6)), Window(np.arange(5), 1, np.arange(2, 5))]

@@ -6,12 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from harness.accuracy import score_variant
-from harness.backends import open_backend
-from harness.protocols import build_windows
-from harness.reference_record import LOGITS_NAME, LogitRecorder, RecordedReference
 from fakes import FakeBackend, fake_variant
+
+from harness.backends import open_backend
+from harness.measure.accuracy import score_variant
+from harness.measure.reference_record import (
+    LOGITS_NAME,
+    LogitRecorder,
+    RecordedReference,
+)
+from harness.text.protocols import build_windows
 
 PROMPTS = [[1, 2, 3], [4, 5]]
 NEW_TOKENS = 6
@@ -101,9 +105,10 @@ def test_fake_recorded_reference_matches_live_with_other_block_cuts(fake_pair, t
 
 def test_a_variant_child_reads_the_record_and_never_loads_the_reference(prepared, real_text, tmp_path, monkeypatch):
     """What compare's children do: the reference's child records, a variant's child scores from the record."""
-    import harness.backends
-    from harness.measure import MeasureInputs, measure_variant
     from tokenizers import Tokenizer
+
+    import harness.backends
+    from harness.measure.variant import MeasureInputs, measure_variant
 
     tokenizer = Tokenizer.from_file(str(Path(prepared["torch-fp32"].tokenizer_path, "tokenizer.json")))
     windows = build_windows(tokenizer.encode(real_text[:8_000], add_special_tokens=False).ids, "chunked", 128, None, None,

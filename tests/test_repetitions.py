@@ -17,7 +17,12 @@ import pytest
 from fakes import TimingOnlyBackend, fake_variant
 
 from harness.backends.base import Generation
-from harness.efficiency import LONG_PREFILL_S, WARMUP_PROBE_TOKENS, RepetitionPlan, measure_efficiency
+from harness.measure.efficiency import (
+    LONG_PREFILL_S,
+    WARMUP_PROBE_TOKENS,
+    RepetitionPlan,
+    measure_efficiency,
+)
 
 PROMPT_TOKENS = 100
 GEN_TOKENS = 10

@@ -11,9 +11,9 @@ import re
 import numpy as np
 import pytest
 
-from harness import report, report_files
+from harness import report
+from harness.report import files as report_files
 from harness.results import RunRecord, VariantRow
-
 
 REF_PPL = 10.0  # the sample run's reference
 

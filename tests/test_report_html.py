@@ -22,12 +22,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from harness import report, report_files, report_html
+from harness import report
+from harness.report import files as report_files
+from harness.report import html as report_html
 from harness.results import Efficiency, RunRecord, VariantRow
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 WIDTH, HEIGHT = 1400, 1800
-TABLE_HEADER_COLOUR = report_html.TABLE_HEADER_COLOUR  # th background in report_page.css
+TABLE_HEADER_COLOUR = report_html.TABLE_HEADER_COLOUR  # th background in harness/report/page.css
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from harness.results import VariantRow
-from harness.runner import VariantJob, append_result, read_results, run_in_child, run_variants
+from harness.run.local import (
+    VariantJob,
+    append_result,
+    read_results,
+    run_in_child,
+    run_variants,
+)
 
 
 # ---- child targets: top level, so a spawned child can import them -------------------------------
@@ -159,7 +165,7 @@ RUNNER_SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, {tests!r})
     from test_runner import job
-    from harness.runner import run_variants
+    from harness.run.local import run_variants
     log = {log!r}
     if __name__ == "__main__":
         run_variants([job(n, args=(n, log, 0.2)) for n in "abcdef"], {path!r}, timeout_s=60,

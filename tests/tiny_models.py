@@ -85,7 +85,7 @@ def write_trained_tokenizer(dest: Path, vocab_size: int = 300) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from harness.corpus import pydoc_topics_corpus
+    from harness.text.corpus import pydoc_topics_corpus
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

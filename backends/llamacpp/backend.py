@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import llama_cpp
 import numpy as np
 
-from harness.nvml import cuda_index
+from harness.machine.nvml import cuda_index
 
 from ..base import Backend
 from ..eos import eos_ids
@@ -80,7 +80,7 @@ class LlamaCppBackend(Backend):
             use_mmap=s.use_mmap,
             logits_all=False,  # we request per-token logits in our own batches
             # llama-cpp-python's process-wide log callback then passes on only errors (to sys.stderr),
-            # as in benchmarks/direct_loops.py and harness/tokenizer.py; where those lines end up is the
+            # as in benchmarks/direct_loops.py and harness/text/tokenizer.py; where those lines end up is the
             # caller's business (the runner sends a child's native output to its log).
             verbose=False,
         )

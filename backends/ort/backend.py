@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import onnxruntime_genai as og
 
-from harness.nvml import cuda_index
+from harness.machine.nvml import cuda_index
 
 from ..base import Backend
 from ..eos import eos_ids

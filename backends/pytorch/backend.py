@@ -17,7 +17,7 @@ import transformers
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from harness.kernels import device_scoring_available
-from harness.nvml import cuda_index
+from harness.machine.nvml import cuda_index
 
 from ..base import Backend
 from ..eos import eos_ids

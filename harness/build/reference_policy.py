@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Collection, Sequence
 
+from harness.build.sources import Source
+from harness.build.variants import FIXED_SPECS, catalogue
 from harness.errors import UserError
 from harness.manifest import Variant
-from harness.sources import Source
-from harness.variants import FIXED_SPECS, catalogue
 
 # Full-precision variants (all hold the source's weights unchanged) in the order one becomes the
 # reference when none is named: the first whose runtime imports and that this run has. The reference
-# is scored once, first, and its logits are recorded for the others (harness.reference_record), so
+# is scored once, first, and its logits are recorded for the others (harness.measure.reference_record), so
 # the fastest of them goes first.
 REFERENCE_ORDER = ("llamacpp-f32", "ort-fp32", "torch-fp32")
 NO_REFERENCE = "none"  # the reference setting that compares against nothing

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from harness.corpus import Corpus
+from harness.text.corpus import Corpus
 
 # The first buffer a token's piece is read into; llama.cpp says how many bytes a longer piece needs.
 PIECE_BUFFER_BYTES = 256
@@ -68,7 +68,7 @@ def _llamacpp_tokenizer(gguf_path: Path) -> ModelTokenizer:
 
     import llama_cpp
 
-    from harness.native_output import native_stderr_to
+    from harness.machine.native_output import native_stderr_to
 
     with native_stderr_to(os.devnull):  # verbose=False still lets a context warning through
         vocab = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)

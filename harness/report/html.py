@@ -1,6 +1,6 @@
 """report.html: one self-contained, offline page to explore a run.
 
-The plot is drawn by plotly.js, embedded whole (no network); ``report_page.js``
+The plot is drawn by plotly.js, embedded whole (no network); ``page.js``
 beside this module only switches the axes, sorts the table and opens a
 variant's detail panel. Everything the page shows is computed here, in Python:
 each variant's figures with their intervals, the Pareto frontier of every
@@ -274,7 +274,7 @@ def _reference_row(run: RunRecord, row: VariantRow) -> VariantRow | None:
 
 
 def _asset(name: str) -> str:
-    return resources.files("harness").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("harness.report").joinpath(name).read_text(encoding="utf-8")
 
 
 def report_html(run: RunRecord, png: bytes) -> str:
@@ -282,7 +282,9 @@ def report_html(run: RunRecord, png: bytes) -> str:
 
     ``png`` (tradeoff.png) is kept inside the page, folded, for printing or pasting as a picture.
     """
-    from plotly.offline import get_plotlyjs  # the library's own minified bundle, embedded whole
+    from plotly.offline import (
+        get_plotlyjs,  # the library's own minified bundle, embedded whole
+    )
 
     title = html.escape(f"harness compare: {run.title}")
     recs = "".join(f"<li>{html.escape(line)}</li>" for line in report.recommendations(run))
@@ -292,7 +294,7 @@ def report_html(run: RunRecord, png: bytes) -> str:
     image = base64.b64encode(png).decode("ascii")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{_asset('report_page.css')}</style></head><body>\n"
+        f"<style>{_asset('page.css')}</style></head><body>\n"
         f'<h1>{title}</h1><div class="meta">{meta}</div>\n<h2>Recommendations</h2><ul>{recs}</ul>\n'
         '<main><div id="explore"><div id="axes"><label>accuracy (y) <select id="y-axis"></select></label> '
         '<label>efficiency (x) <select id="x-axis"></select></label> '
@@ -306,6 +308,6 @@ def report_html(run: RunRecord, png: bytes) -> str:
         '<aside id="detail"><p id="detail-hint" class="meta">Click a row or a point to see a variant\'s '
         f"divergence statistics, latencies and backend settings.</p>\n{details}</aside></main>\n"
         f'<script type="application/json" id="report-data">{_script_json(plot_data(run))}</script>\n'
-        f"<script>{get_plotlyjs()}</script>\n<script>{_asset('report_page.js')}</script>\n"
+        f"<script>{get_plotlyjs()}</script>\n<script>{_asset('page.js')}</script>\n"
         "</body></html>\n"
     )

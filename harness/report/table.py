@@ -1,10 +1,7 @@
-"""Turn a finished run into the answer: the header, the table with its Pareto frontiers, the recommendations.
+"""The table of a finished run: the header, the rows with their Pareto frontiers, the text a run prints.
 
 Pure functions over ``harness.results`` types: nothing here reads or writes
-files (see ``report_files``) or touches the results store (see ``store``).
-The recommendations are ``harness.recommendations``, figures are written by
-``harness.report_format``, history and diffs by ``harness.history_report``;
-this module is their one interface.
+files (``harness.report.files``) or touches the results store.
 Any row may lack any figure (failed rows have no accuracy or efficiency, GPU
 figures are absent on a CPU, divergence is None for the reference).
 """
@@ -16,34 +13,20 @@ from typing import Any, Iterable
 from tabulate import tabulate
 
 from harness import defaults
-from harness.divergence_report import (  # noqa: F401  delta_ppl_pct and divergence_lines belong to this interface
-    DEFAULT_KLD_NOISE_FLOOR,
-    delta_ppl_interval,
-    delta_ppl_pct,
-    delta_ppl_upper,
-    divergence_lines,
-    fmt_delta_ppl,
-    indistinguishable,
-    kld_noise_floor,
-    ties_with_best,
-)
-from harness.history_report import render_diff, render_history  # noqa: F401  part of this interface
-from harness.recommendations import (  # noqa: F401  part of this interface
+from harness.report.answer import (
     machine_marks,
     machines,
     recommendations,
     reference_ppl,
-    resolve_settings,
 )
-from harness.report_format import (  # noqa: F401  part of this interface
-    ABSENT,
-    fmt_fixed,
-    fmt_mb,
-    fmt_ppl,
-    fmt_sig,
-    fmt_signed_pct,
-    fmt_speed,
+from harness.report.divergence import (
+    DEFAULT_KLD_NOISE_FLOOR,
+    delta_ppl_pct,
+    fmt_delta_ppl,
+    indistinguishable,
+    kld_noise_floor,
 )
+from harness.report.format import ABSENT, fmt_fixed, fmt_mb, fmt_ppl, fmt_sig, fmt_speed
 from harness.results import ModelInfo, RunRecord, VariantRow
 
 # Which way is better for each metric the frontier or the recommendations rank by.

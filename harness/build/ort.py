@@ -28,7 +28,7 @@ def build_ort(base_dir: Path, dest: Path, precision: str, work_dir: Path, target
         "-o", str(dest),
         "-p", precision,
         # The graphs differ per target (the CUDA int4 graph computes in float16, with GPU attention
-        # ops), so each target's variants have names and cache folders of their own (harness.variants).
+        # ops), so each target's variants have names and cache folders of their own (harness.build.variants).
         "-e", target,
         "-c", str(work_dir),
     ]

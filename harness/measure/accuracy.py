@@ -2,7 +2,7 @@
 
 All the math runs in ``harness.kernels``. The variant's logits and the
 reference's (a second loaded model, or its record read back from disk, see
-``harness.reference_record``) are streamed block by block in lockstep, so at
+``harness.measure.reference_record``) are streamed block by block in lockstep, so at
 most one block of each is alive at a time: memory for logits is bounded by
 ``2 x block_rows x V x 4`` bytes (256 x 49,152 x 4 B x 2 = 100 MB for SmolLM2),
 whatever the text's length.
@@ -18,12 +18,12 @@ Definitions (N scored tokens with negative log-likelihoods ``nll_i``, in nats):
   ``bits_per_byte = sum nll / ln 2 / bytes``. ``bytes`` and ``words`` count the
   text the scored tokens cover: each scored token owns the span of the original
   text from the previous token's end offset to its own (see
-  ``harness.tokenizer.TokenizedText``); ``bytes`` sums the UTF-8 bytes of those
+  ``harness.text.tokenizer.TokenizedText``); ``bytes`` sums the UTF-8 bytes of those
   spans and ``words`` the words (maximal runs of non-whitespace) that start in
   them. Tokens that are never scored (the first half of each chunk) count
   nothing, so a word split across a scored and an unscored span counts once if
   its first character is scored, else not at all.
-- Against a reference (see ``harness.divergence_stats`` for every field and
+- Against a reference (see ``harness.measure.divergence_stats`` for every field and
   how it relates to llama-perplexity's ``--kl-divergence`` printout): both
   runs' per-token NLL on the same targets, paired (``delta_nll_mean``, its
   stderr, ``delta_ppl_pct`` with a 95 % interval, their correlation, the same
@@ -46,12 +46,16 @@ import numpy as np
 
 from harness import defaults
 from harness.backends.base import DEFAULT_BLOCK_ROWS, Backend, LogitBlock
-from harness.divergence_stats import ReferenceComparison, mean_and_stderr, safe_exp
 from harness.kernels import RunningStats, divergence, token_nll
-from harness.protocols import Window
-from harness.reference_record import LogitRecorder, RecordedReference
+from harness.measure.divergence_stats import (
+    ReferenceComparison,
+    mean_and_stderr,
+    safe_exp,
+)
+from harness.measure.reference_record import LogitRecorder, RecordedReference
 from harness.results import Accuracy
-from harness.tokenizer import TokenizedText
+from harness.text.protocols import Window
+from harness.text.tokenizer import TokenizedText
 
 # Prompts for generation agreement: short, plain, and answerable by a small model.
 DEFAULT_PROMPTS = (

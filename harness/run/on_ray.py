@@ -3,14 +3,14 @@
 A task runs the local runner's own step on its node: a child per
 variant, its timeout, its failed row on a crash, a kill or a timeout. It takes
 one ``harness_slot`` (and one GPU with ``--device cuda``), so two measurements
-never share a node (``harness.cluster``). The head appends each row to
+never share a node (``harness.run.cluster``). The head appends each row to
 results.jsonl (fsynced) as its task finishes, so ``resume`` works as it does
 locally: only the jobs without a row are submitted again.
 
 Files: the head prepares every variant; a node loads it from the same path
 (shared storage, or the same ``prepare`` run there: the cache is keyed by the
-source's content, and ``harness.cluster`` checks each node's manifests). The
-reference's recorded logits (``harness.reference_record``) travel through
+source's content, and ``harness.run.cluster`` checks each node's manifests). The
+reference's recorded logits (``harness.measure.reference_record``) travel through
 Ray's object store: its task returns the record, the head puts it, and each
 of the model's other tasks, submitted once the reference's row is in, writes
 it to a folder of its own node and reads it there, as a local child would. A
@@ -29,10 +29,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from harness import cluster
-from harness.cluster import ray_error_line
 from harness.results import VariantRow
-from harness.runner import DEFAULT_TIMEOUT_S, VariantJob, append_result, failed_row, job_keys, open_results, run_job
+from harness.run import cluster
+from harness.run.cluster import ray_error_line
+from harness.run.local import (
+    DEFAULT_TIMEOUT_S,
+    VariantJob,
+    append_result,
+    failed_row,
+    job_keys,
+    open_results,
+    run_job,
+)
 
 RETRIES = 1  # a task whose node or worker is lost is submitted once more before its row says so
 # The environment variables Ray sets in its workers that a local child would not see.
@@ -52,7 +60,7 @@ def run_variants_on_ray(
 ) -> list[VariantRow]:
     """``runner.run_variants`` on the Ray cluster at ``address``: one row per job, in job order.
 
-    The cluster is checked (``harness.cluster.check_cluster``) before the
+    The cluster is checked (``harness.run.cluster.check_cluster``) before the
     results file is touched; a mistake there is a UserError.
     """
     keys = job_keys(jobs)
@@ -134,7 +142,7 @@ def _task(device: str):
     """The Ray task of one job: a slot of its own, a GPU for CUDA, no automatic retry (``RETRIES`` is ours)."""
     import ray
 
-    from harness.cluster import SLOT
+    from harness.run.cluster import SLOT
 
     return ray.remote(_run_on_node).options(
         num_cpus=0, num_gpus=1 if device == "cuda" else 0, resources={SLOT: 1}, max_retries=0)
@@ -155,7 +163,7 @@ def _run_on_node(job: VariantJob, timeout_s: float | None, record: dict | None, 
         row = run_job(local, timeout_s)
         log = Path(local.log_path) if local.log_path else None
         text = log.read_text(encoding="utf-8", errors="replace") if log is not None and log.is_file() else ""
-        produced = _read_record(_record_role(local)[0]) if _record_role(local)[1] else None
+        produced = _read_record(local) if _record_role(local)[1] else None
     node = replace(row.node, ray_node=ray.get_runtime_context().get_node_id())
     return replace(row, node=node), text, produced
 
@@ -168,32 +176,31 @@ def _here(job: VariantJob, scratch: Path, record: dict | None) -> VariantJob:
     record_dir = scratch / "reference"
     record_dir.mkdir()
     if record is not None:
-        _write_record(record, record_dir)
+        _write_record(record, record_dir, job.record_files)
     return replace(job, log_path=log_path, record_dir=str(record_dir))
 
 
-def _read_record(record_dir: str) -> dict | None:
-    """The finished record in ``record_dir`` as a value Ray can carry, else None (the record was dropped)."""
+def _read_record(job: VariantJob) -> dict | None:
+    """The finished record the job left in its folder, as a value Ray can carry, else None (the record was dropped)."""
     import numpy as np
 
-    from harness.reference_record import CONTINUATIONS_NAME, LOGITS_NAME
-
-    logits = Path(record_dir, LOGITS_NAME)
-    if not logits.is_file():
+    folder = Path(job.record_dir)
+    if not (folder / job.record_files[-1]).is_file():
         return None
-    return {"logits": np.fromfile(logits, dtype=np.uint8),
-            "continuations": Path(record_dir, CONTINUATIONS_NAME).read_text()}
+    return {name: np.fromfile(folder / name, dtype=np.uint8) for name in job.record_files}
 
 
-def _write_record(record: dict, record_dir: Path) -> None:
-    """The record as the reference's child left it; a node short of disk runs the reference live instead."""
-    from harness.reference_record import CONTINUATIONS_NAME, LOGITS_NAME
+def _write_record(record: dict, record_dir: Path, names: Sequence[str]) -> None:
+    """The record as the reference's child left it; a node short of disk runs the reference live instead.
 
+    The files are written in the job's order, each whole before its name appears, so the last one
+    (which a reader takes as the mark of a finished record) comes last.
+    """
     try:
-        (record_dir / CONTINUATIONS_NAME).write_text(record["continuations"])
-        partial = record_dir / (LOGITS_NAME + ".partial")
-        record["logits"].tofile(partial)
-        partial.rename(record_dir / LOGITS_NAME)  # complete, so RecordedReference may open it
+        for name in names:
+            partial = record_dir / (name + ".partial")
+            record[name].tofile(partial)
+            partial.rename(record_dir / name)
     except OSError as exc:
         print(f"reference record not written here ({exc.strerror}); the reference runs live", file=sys.stderr)
 

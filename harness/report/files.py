@@ -14,10 +14,9 @@ import math
 import os
 from pathlib import Path
 
-
 from harness import report
-from harness import report_html as report_html_module
-from harness.report_html import FRONTIER_COLOUR, OTHER_COLOUR, RUNTIME_COLOURS
+from harness.report import html as report_html_module
+from harness.report.html import FRONTIER_COLOUR, OTHER_COLOUR, RUNTIME_COLOURS
 from harness.results import RunRecord, VariantRow, json_safe
 
 FILE_NAMES = ("report.json", "results.csv", "report.md", "tradeoff.png", "report.html")
@@ -233,7 +232,7 @@ def tradeoff_png(run: RunRecord) -> bytes:
 
 
 def report_html(run: RunRecord, png: bytes) -> str:
-    """The interactive page (``harness.report_html``)."""
+    """The interactive page (``harness.report.html``)."""
     return report_html_module.report_html(run, png)
 
 

@@ -14,7 +14,7 @@ import math
 from harness.results import RunRecord, VariantRow
 
 ABSENT = "—"
-# Two-sided 95 % normal quantile, as harness.divergence_stats.Z_95 (not imported: it loads Numba).
+# Two-sided 95 % normal quantile, as harness.measure.divergence_stats.Z_95 (not imported: it loads Numba).
 Z_95 = 1.96
 # KLD harmless kernel differences give when no other runtime's full-precision variant ran: about twice
 # the 4.6e-7 that torch-fp32 and ort-fp32 show against llamacpp-f32 on the default model (1,024 tokens).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from harness.report_format import ABSENT, fmt_sig
+from harness.report.format import ABSENT, fmt_sig
 
 
 def render_history(runs: list) -> str:

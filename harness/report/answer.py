@@ -10,8 +10,13 @@ different hardware are said to be so.
 from __future__ import annotations
 
 from harness import defaults
-from harness.divergence_report import delta_ppl_interval, delta_ppl_upper, fmt_delta_ppl, ties_with_best
-from harness.report_format import ABSENT, fmt_mb, fmt_sig
+from harness.report.divergence import (
+    delta_ppl_interval,
+    delta_ppl_upper,
+    fmt_delta_ppl,
+    ties_with_best,
+)
+from harness.report.format import ABSENT, fmt_mb, fmt_sig
 from harness.results import RunRecord, VariantRow
 
 FALLBACK_MAX_PPL_INCREASE_PCT = defaults.MAX_PPL_INCREASE_PCT  # stored runs that predate the setting
@@ -166,7 +171,7 @@ def recommendations(
     without a budget the most accurate variant overall is named. "Within +5%"
     means the upper end of the paired 95 % ΔPPL interval is within 5 %; the
     most accurate line names together every variant whose difference from the
-    lowest PPL is not significant (``divergence_report.ties_with_best``).
+    lowest PPL is not significant (``harness.report.divergence.ties_with_best``).
     """
     max_pct, budget_mb = resolve_settings(run, max_ppl_increase_pct, memory_budget_mb)
     if run.multi_model:

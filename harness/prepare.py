@@ -16,8 +16,8 @@ from typing import Callable
 
 from tabulate import tabulate
 
-from harness.sources import Source, resolve_source
-from harness.variants import PrepareResult, prepare
+from harness.build.sources import Source, resolve_source
+from harness.build.variants import PrepareResult, prepare
 
 
 def run_prepare(config) -> int:

@@ -1,7 +1,7 @@
 """Resource trackers: a process's RSS and CPU time, and an NVIDIA GPU's memory, utilisation and energy.
 
 Both are context managers that sample on a background thread and always stop
-it in ``finally``. The GPU tracker reads NVML through ``harness.nvml`` and is
+it in ``finally``. The GPU tracker reads NVML through ``harness.machine.nvml`` and is
 inert where NVML is missing (no NVIDIA driver, no GPU): its metrics are then an
 empty dict, so GPU keys are absent from a CPU run's results rather than zero;
 a counter the GPU lacks leaves out that key alone.
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import psutil
 
-from harness.nvml import Gpu
+from harness.machine.nvml import Gpu
 
 MB = 1024 * 1024
 # 100 Hz, the rate the method asks for, kept on average by a fixed schedule. Not faster: every wake-up

@@ -21,7 +21,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from harness.sources import UnsupportedModel
+from harness.build.sources import UnsupportedModel
 
 TOOLS_ENV = "HARNESS_TOOLS_DIR"
 LLAMA_CPP_DIST = "llama-cpp-python"

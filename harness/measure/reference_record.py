@@ -27,13 +27,15 @@ import numpy as np
 
 from harness.backends.base import LogitBlock
 from harness.kernels import to_host
-from harness.protocols import Window
+from harness.text.protocols import Window
 
 RECORD_LIMIT_BYTES = 2 << 30
 # A record may take at most this share of the free disk space.
 RECORD_FREE_SPACE_SHARE = 0.75
 LOGITS_NAME = "logits.f32"
 CONTINUATIONS_NAME = "continuations.json"
+# The record's files in the order they are written: the logits, renamed into place last, mark it finished.
+RECORD_FILES = (CONTINUATIONS_NAME, LOGITS_NAME)
 
 
 def record_limit(directory: str | Path) -> int:

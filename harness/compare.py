@@ -20,14 +20,14 @@ from harness.errors import UserError
 from harness.results import CorpusInfo, ModelInfo, RunRecord, RunSettings, VariantRow
 
 if TYPE_CHECKING:  # light modules all, but the command keeps its imports lazy
-    from harness.corpus import Corpus
+    from harness.build.sources import Source
+    from harness.build.variants import PrepareResult
     from harness.manifest import Variant
-    from harness.measure import MeasureInputs
-    from harness.protocols import Window
-    from harness.runner import VariantJob
-    from harness.sources import Source
-    from harness.tokenizer import ModelTokenizer, TokenizedText
-    from harness.variants import PrepareResult
+    from harness.measure.variant import MeasureInputs
+    from harness.run.local import VariantJob
+    from harness.text.corpus import Corpus
+    from harness.text.protocols import Window
+    from harness.text.tokenizer import ModelTokenizer, TokenizedText
 
 RESULTS_ROOT = Path("harness-results")
 RESULTS_NAME = "results.jsonl"
@@ -64,12 +64,12 @@ class _Model:
 
 def run_compare(config: CompareConfig) -> int:
     """Run the comparison ``config`` describes; the exit status is 0 when every variant is ok, else 1."""
-    from harness.nvml import check_cuda_device
+    from harness.machine.nvml import check_cuda_device
 
     started = time.perf_counter()
     config = _resolved(config)
     if config.ray:  # an address where no cluster answers stops the run before anything is built or tokenized
-        from harness.cluster import check_answers
+        from harness.run.cluster import check_answers
 
         check_answers(config.ray)  # the nodes' GPUs and files are checked once the variants are known
     else:
@@ -107,7 +107,7 @@ def run_compare(config: CompareConfig) -> int:
 
 def _resolved(config: CompareConfig) -> CompareConfig:
     """The configuration with its machine-dependent default (the thread count) filled in."""
-    from harness.environment import thread_count
+    from harness.machine.environment import thread_count
 
     return replace(config, threads=thread_count(config.threads))
 
@@ -115,8 +115,8 @@ def _resolved(config: CompareConfig) -> CompareConfig:
 def _resolve_inputs(config: CompareConfig) -> _Inputs:
     """The models, the text and the results store, each checked before any work is done."""
     from harness import store
-    from harness.corpus import load_corpus
-    from harness.sources import resolve_source
+    from harness.build.sources import resolve_source
+    from harness.text.corpus import load_corpus
 
     sources = tuple(resolve_source(model) for model in config.sources)
     seen: dict[str, str] = {}
@@ -159,8 +159,8 @@ def _prepare(config: CompareConfig, source: Source) -> tuple[PrepareResult, list
 
     An unknown --reference is named as such, not as a variant.
     """
-    from harness.prepare_command import prepare_with_progress
-    from harness.reference_policy import with_reference
+    from harness.build.reference_policy import with_reference
+    from harness.prepare import prepare_with_progress
 
     names = with_reference(list(config.variants) if config.variants else None, config.reference, source, config.device)
     try:
@@ -175,7 +175,7 @@ def _prepare(config: CompareConfig, source: Source) -> tuple[PrepareResult, list
 
 def _tokenized(config: CompareConfig, source: Source, prepared: PrepareResult, corpus: Corpus):
     """The model's one tokenizer and the corpus in its token ids."""
-    from harness.tokenizer import load_tokenizer
+    from harness.text.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(source.kind, source.path, _hf_dir(prepared))
     return tokenizer, tokenizer.tokenize_corpus(corpus)
@@ -190,8 +190,8 @@ def _budget_bytes(config: CompareConfig, text: TokenizedText) -> int:
 def _model(config: CompareConfig, name: str, source: Source, prepared: tuple[PrepareResult, list[str] | None],
            tokenizer: ModelTokenizer, text: TokenizedText, token_budget: int | None) -> _Model:
     """A prepared model with the variants to measure, its reference and the windows of its tokens it scores."""
-    from harness.protocols import build_windows
-    from harness.reference_policy import choose_reference
+    from harness.build.reference_policy import choose_reference
+    from harness.text.protocols import build_windows
 
     windows = build_windows(text.token_ids, config.protocol, config.ctx, config.stride, tokenizer.bos_id,
                             token_budget, config.max_chunks, text_name=text.corpus_name)
@@ -223,9 +223,9 @@ def _not_built_rows(model: _Model) -> list[VariantRow]:
 
 def _measure_inputs(config: CompareConfig, model: _Model) -> MeasureInputs:
     """The one frozen object every variant's child of ``model`` is measured with."""
-    from harness.accuracy import DEFAULT_PROMPTS
-    from harness.measure import MeasureInputs
-    from harness.tokenizer import speed_token_pool
+    from harness.measure.accuracy import DEFAULT_PROMPTS
+    from harness.measure.variant import MeasureInputs
+    from harness.text.tokenizer import speed_token_pool
 
     return same_named(
         MeasureInputs, config,
@@ -240,8 +240,9 @@ def _measure_inputs(config: CompareConfig, model: _Model) -> MeasureInputs:
 
 def _jobs(model: _Model, inputs: MeasureInputs, record_dir: str, out_dir: Path, several: bool) -> list[VariantJob]:
     """The model's variants as jobs, its reference first (it records its logits in ``record_dir`` for the others)."""
-    from harness.measure import measure_variant
-    from harness.runner import VariantJob
+    from harness.measure.reference_record import RECORD_FILES
+    from harness.measure.variant import measure_variant
+    from harness.run.local import VariantJob
 
     logs = out_dir / LOGS_NAME / (model.name if several else "")
     logs.mkdir(parents=True, exist_ok=True)
@@ -250,23 +251,24 @@ def _jobs(model: _Model, inputs: MeasureInputs, record_dir: str, out_dir: Path, 
     return [VariantJob(v.name, v.runtime, v.precision, measure_variant, (v, inputs),
                        log_path=str(logs / f"{v.name}.log"), model=model.name, device=inputs.device,
                        loads=(v,) if reference in (None, v) else (v, reference),
-                       record_dir=record_dir if reference is not None else None, writes_record=v is reference)
+                       record_dir=record_dir if reference is not None else None, writes_record=v is reference,
+                       record_files=RECORD_FILES)
             for v in order]
 
 
 def _measure(jobs: list[VariantJob], out_dir: Path, config: CompareConfig) -> list[VariantRow]:
     """Each job in its own child, here or as a Ray task; rows in job order."""
-    if config.ray:  # the same jobs as Ray tasks (harness.ray_runner): one measurement per node at a time
-        from harness.ray_runner import run_variants_on_ray as run_variants
+    if config.ray:  # the same jobs as Ray tasks (harness.run.on_ray): one measurement per node at a time
+        from harness.run.on_ray import run_variants_on_ray as run_variants
     else:
-        from harness.runner import run_variants
+        from harness.run.local import run_variants
     return run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout_s, resume=config.resume,
                         on_row=_progress_line(len(jobs), several=len({j.model for j in jobs}) > 1),
                         **({"address": config.ray} if config.ray else {}))
 
 
 def _environment(threads: int) -> dict:
-    from harness.environment import capture_environment
+    from harness.machine.environment import capture_environment
 
     return capture_environment(threads)
 
@@ -277,7 +279,8 @@ def _run_settings(config: CompareConfig) -> RunSettings:
 
 def _deliver(run: RunRecord, out_dir: Path, store_path: Path, json_path: str | None) -> None:
     """Write the files, store the run, print the answer."""
-    from harness import report, report_files, store
+    from harness import report, store
+    from harness.report import files as report_files
 
     report_files.write_report(run, out_dir)
     store.save(run, store_path)

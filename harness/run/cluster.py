@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
 from harness.errors import UserError, one_line
-from harness.native_output import native_stderr_to
+from harness.machine.native_output import native_stderr_to
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task names in its errors
 SLOT = "harness_slot"  # the custom resource one measurement takes: one per node measures one at a time
@@ -177,7 +177,7 @@ def _node_name(node: dict) -> str:
 
 def _node_facts(files: dict[str, dict], modules: Sequence[str]) -> dict:
     """What this node has of what a measurement needs (run on the node, as a Ray task, and on the head)."""
-    from harness.environment import package_version, runtime_versions
+    from harness.machine.environment import package_version, runtime_versions
     from harness.manifest import MANIFEST_NAME, Variant
 
     versions = runtime_versions()

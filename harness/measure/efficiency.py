@@ -34,7 +34,7 @@ an expensive prefill has stopped.
 
 Energy is read over each timed decode run: the GPU's from NVML on a CUDA
 device, the CPU packages' from RAPL where the machine exposes it
-(``harness.energy``); either is absent, not zero, where it cannot be read.
+(``harness.machine.energy``); either is absent, not zero, where it cannot be read.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ import numpy as np
 
 from harness import defaults
 from harness.backends.base import Backend
-from harness.energy import POWERCAP_ROOT, PackageEnergy
-from harness.monitor import GpuMonitor, ResourceMonitor
-from harness.nvml import cuda_index
+from harness.machine.energy import POWERCAP_ROOT, PackageEnergy
+from harness.machine.monitor import GpuMonitor, ResourceMonitor
+from harness.machine.nvml import cuda_index
 from harness.results import Efficiency
 from harness.stats import Stats
-from harness.tokenizer import speed_token_pool
+from harness.text.tokenizer import speed_token_pool
 
 DECODE_PROMPT_TOKENS = 1  # llama-bench tg: generation starts from an empty cache
 WARMUP_PROBE_TOKENS = 64  # the warm-up's first prefill: its time projects the full prompt's
@@ -152,7 +152,7 @@ def measure_efficiency(
     started, so call this before the accuracy pass in a fresh child: the
     figure is then the load plus the inference of this variant.
     ``token_pool`` overrides the ids drawn from the variant's tokenizer;
-    ``powercap_root`` is where the CPU energy counters are read (``harness.energy``).
+    ``powercap_root`` is where the CPU energy counters are read (``harness.machine.energy``).
     """
     if prompt_tokens < 1 or gen_tokens < 1 or warmup < 0:
         raise ValueError(f"prompt_tokens={prompt_tokens} and gen_tokens={gen_tokens} must be at least 1, "

@@ -46,7 +46,8 @@ class VariantJob:
     ``device`` (``cpu``, ``cuda`` or ``cuda:N``), ``loads`` (every ``harness.manifest.Variant`` whose
     files the job reads), and ``record_dir``: a folder the job shares with other jobs of its model,
     which one of them (``writes_record``) fills and the others read; the target gets it as its
-    ``record_dir`` keyword, so a runner may hand it a folder of the node it runs on.
+    ``record_dir`` keyword, so a runner may hand it a folder of the node it runs on. ``record_files``:
+    the files of that record in the order they are written, the last one marking it finished.
     """
 
     variant: str
@@ -61,6 +62,7 @@ class VariantJob:
     loads: tuple = ()
     record_dir: str | None = None
     writes_record: bool = False
+    record_files: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str | None, str]:
@@ -327,7 +329,7 @@ def finished_rows(path: Path, retry_failed: bool = False) -> dict[tuple[str | No
 
 def run_job(job: VariantJob, timeout_s: float | None) -> VariantRow:
     """One job in its own child on this machine: its row, stamped with this node and the child's start and end."""
-    from harness.environment import node_info
+    from harness.machine.environment import node_info
 
     started = time.time()
     kwargs = {**job.kwargs, **({"record_dir": job.record_dir} if job.record_dir is not None else {})}

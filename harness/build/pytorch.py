@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from harness.sources import UnsupportedModel
+from harness.build.sources import UnsupportedModel
 
 # transformers' own words when it cannot take a model, and what to say where its words say too little:
 # an architecture it does not know (from a config or from a GGUF), and a GGUF whose config it derives

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import UserError, one_line
-from harness.native_output import native_stderr_to
+from harness.machine.native_output import native_stderr_to
 
 # Every llama.cpp variant made by quantizing llamacpp-f32, by llama.cpp's file-type name.
 QUANT_TYPES = ("f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k")
@@ -35,7 +35,7 @@ def read_gguf(path: Path):
 def check_llamacpp_reads(path: Path) -> None:
     """A one-line UserError when llama.cpp cannot read the GGUF's architecture and vocabulary.
 
-    The harness tokenizes a GGUF source with llama.cpp (``harness.tokenizer``), so a GGUF that
+    The harness tokenizes a GGUF source with llama.cpp (``harness.text.tokenizer``), so a GGUF that
     llama.cpp cannot read is no source for any runtime, whatever transformers makes of it.
     """
     import contextlib

@@ -22,7 +22,7 @@ first without, since nothing predicts it), each with at least ``ctx - stride``
 tokens before it in its window (BOS included) once the text allows, and BOS is
 never a target. The transformers recipe's three bugs are absent: no off-by-one
 at window edges (targets are text positions, not shifted labels), averaging is
-per token in ``harness.accuracy``, and every window, not just the first, starts
+per token in ``harness.measure.accuracy``, and every window, not just the first, starts
 with BOS.
 """
 

@@ -1,4 +1,4 @@
-"""The text every variant is scored on: loading it (``harness.tokenizer`` tokenizes it).
+"""The text every variant is scored on: loading it (``harness.text.tokenizer`` tokenizes it).
 
 Sources, chosen by ``load_corpus``:
 
@@ -120,7 +120,7 @@ def pydoc_topics_corpus() -> Corpus:
 def wikitext2_search_paths(split: str = "test") -> list[Path]:
     """Where ``find_wikitext2`` looks for ``wiki.<split>.raw``, in order."""
     name = f"wiki.{split}.raw"
-    repo_root = Path(__file__).resolve().parent.parent
+    repo_root = Path(__file__).resolve().parents[2]  # harness/text/corpus.py
     folders = []
     if os.environ.get(WIKITEXT2_ENV):
         env = Path(os.environ[WIKITEXT2_ENV]).expanduser()

@@ -1,6 +1,6 @@
 // report.html's own behaviour: the axis choosers, the table's sorting and the detail panel.
 // The chart itself is plotly.js (embedded above); every figure, interval and frontier comes
-// precomputed from harness/report_html.py in the JSON of #report-data.
+// precomputed from harness/report/html.py in the JSON of #report-data.
 (function () {
   "use strict";
   const data = JSON.parse(document.getElementById("report-data").textContent);

@@ -8,14 +8,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from harness import backends, defaults
-from harness.accuracy import score_variant
-from harness.efficiency import load_seconds, measure_efficiency
 from harness.kernels import set_num_threads
 from harness.manifest import Variant
-from harness.protocols import Window
-from harness.reference_record import LogitRecorder, RecordedReference, record_limit
+from harness.measure.accuracy import score_variant
+from harness.measure.efficiency import load_seconds, measure_efficiency
+from harness.measure.reference_record import (
+    LogitRecorder,
+    RecordedReference,
+    record_limit,
+)
 from harness.results import VariantRow
-from harness.tokenizer import TokenizedText
+from harness.text.protocols import Window
+from harness.text.tokenizer import TokenizedText
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class MeasureInputs:
     """Everything every variant's child is measured with: one object, shared by all the jobs of a run.
 
     ``token_pool`` is the ids speed prompts are drawn from
-    (``harness.tokenizer.speed_token_pool``), read once by the parent: from a
+    (``harness.text.tokenizer.speed_token_pool``), read once by the parent: from a
     GGUF it takes seconds.
     """
 
@@ -40,7 +44,7 @@ class MeasureInputs:
     repetitions: int
     agreement_tokens: int  # greedy tokens per prompt for generation agreement
     runtime_settings: dict[str, Any] = field(default_factory=dict)  # runtime -> its settings object
-    max_repetitions: int = defaults.MAX_REPETITIONS  # repetitions is the minimum (harness.efficiency)
+    max_repetitions: int = defaults.MAX_REPETITIONS  # repetitions is the minimum (harness.measure.efficiency)
     precision_target_pct: float = defaults.PRECISION_TARGET_PCT
     speed_budget_s: float = defaults.SPEED_BUDGET_S
 
@@ -51,7 +55,7 @@ def measure_variant(variant: Variant, inputs: MeasureInputs, record_dir: str | N
     Speed and memory are measured with only this variant loaded; the reference
     is loaded afterwards for the accuracy pass, so it never inflates peak RSS.
     The reference's own child records its logits in ``record_dir``
-    (``harness.reference_record``); a variant's child reads them when the
+    (``harness.measure.reference_record``); a variant's child reads them when the
     record is complete, else (or without a ``record_dir``) it runs the
     reference beside it.
     """

@@ -19,12 +19,12 @@ from typing import Callable, Sequence
 
 import psutil
 
-from harness import build_gguf, build_ort, build_torch, convert_hf
-from harness.environment import package_version, thread_count
+from harness.build import convert_hf, llamacpp, ort, pytorch
+from harness.build.sources import Source, UnsupportedModel
 from harness.errors import UserError, one_line
+from harness.machine.environment import package_version, thread_count
 from harness.manifest import MANIFEST_NAME, Variant
 from harness.paths import cache_dir
-from harness.sources import Source, UnsupportedModel
 
 TMP_PREFIX = ".tmp-"
 SOURCE_TYPE_NAME = "source-file-type"  # the source GGUF's file type, e.g. q4_1 (it names a variant)
@@ -62,10 +62,10 @@ _ANY_SOURCE = (
     VariantSpec("ort-int4", "ort", "int4", "torch-fp32"),
 )
 # The llama.cpp family: llamacpp-f32 is a GGUF source dequantized, or a transformers directory through
-# llama.cpp's converter (harness.convert_hf); in ``catalogue`` a GGUF source adds itself under its own type.
+# llama.cpp's converter (harness.build.convert_hf); in ``catalogue`` a GGUF source adds itself under its own type.
 _GGUF_SOURCE = (
     VariantSpec("llamacpp-f32", "llamacpp", "f32", None),
-    *(VariantSpec(f"llamacpp-{q}", "llamacpp", q, "llamacpp-f32") for q in build_gguf.QUANT_TYPES),
+    *(VariantSpec(f"llamacpp-{q}", "llamacpp", q, "llamacpp-f32") for q in llamacpp.QUANT_TYPES),
 )
 # On a GPU the ONNX variants are the builder's CUDA graphs (-e cuda: fp16 activations, GPU attention
 # ops), cached apart from the CPU ones under their own names; torch and GGUF variants serve every device.
@@ -79,7 +79,7 @@ FIXED_SPECS = {s.name: s for s in (*_ANY_SOURCE, *_GGUF_SOURCE, *_CUDA_ORT)}
 def catalogue(source: Source, source_type: str | None, device: str = "cpu") -> list[VariantSpec]:
     """Every variant of ``source`` that runs on ``device`` (cpu, cuda, cuda:N), each after the one it is made from.
 
-    ``source_type`` is a GGUF source's own file type (``build_gguf.file_type_name``); it
+    ``source_type`` is a GGUF source's own file type (``llamacpp.file_type_name``); it
     adds the source file itself as a variant when no quantization makes that type.
     """
     specs = list(_ANY_SOURCE)
@@ -150,7 +150,7 @@ def prepare(
             continue
         on_event(spec.name, "building")
         if source.kind == "gguf" and reader is None:
-            reader = build_gguf.read_gguf(source.path)
+            reader = llamacpp.read_gguf(source.path)
         try:
             variant = _build_atomically(spec, source, reader, model_dir, result.variants, threads)
         except UnsupportedModel as exc:  # this runtime cannot take this model: the others still can
@@ -196,9 +196,9 @@ def _source_type(source: Source, model_dir: Path):
     source_type = _cached_source_type(model_dir)
     if source_type is not None:
         return None, source_type
-    reader = build_gguf.read_gguf(source.path)
-    build_gguf.check_llamacpp_reads(source.path)
-    return reader, build_gguf.file_type_name(reader)
+    reader = llamacpp.read_gguf(source.path)
+    llamacpp.check_llamacpp_reads(source.path)
+    return reader, llamacpp.file_type_name(reader)
 
 
 def _make_model_dir(model_dir: Path) -> None:
@@ -272,16 +272,16 @@ def _build_files(spec, source, reader, tmp: Path, done: dict[str, Variant], thre
     """Write the variant's files into ``tmp``; return the files that hold its weights."""
     if spec.name == "torch-fp32":
         if source.kind == "gguf":
-            build_torch.fp32_from_gguf(source.path, tmp)
+            pytorch.fp32_from_gguf(source.path, tmp)
         else:
-            build_torch.fp32_from_hf(source.path, tmp)
+            pytorch.fp32_from_hf(source.path, tmp)
         return sorted(tmp.glob("*.safetensors"))
     if spec.runtime == "torch":
-        build_torch.bf16_copy(Path(done["torch-fp32"].path), tmp)
+        pytorch.bf16_copy(Path(done["torch-fp32"].path), tmp)
         return sorted(tmp.glob("*.safetensors"))
     if spec.runtime == "ort":
         with _builder_refusal_as_unsupported():
-            build_ort.build_ort(Path(done["torch-fp32"].path), tmp, spec.precision, tmp / "_builder_cache",
+            ort.build_ort(Path(done["torch-fp32"].path), tmp, spec.precision, tmp / "_builder_cache",
                                 spec.target)
         shutil.rmtree(tmp / "_builder_cache", ignore_errors=True)
         return sorted(tmp.glob("*.onnx")) + sorted(tmp.glob("*.onnx.data"))
@@ -289,11 +289,11 @@ def _build_files(spec, source, reader, tmp: Path, done: dict[str, Variant], thre
     if spec.made_from is None and spec.precision == "f32" and source.kind == "hf":
         convert_hf.convert(source.path, dest)
     elif spec.made_from is None and spec.precision == "f32":
-        build_gguf.write_f32_gguf(reader, dest)
+        llamacpp.write_f32_gguf(reader, dest)
     elif spec.made_from is None:
         _link_or_copy(source.path, dest)
     else:
-        build_gguf.quantize(Path(done[spec.made_from].path), dest, spec.precision, threads)
+        llamacpp.quantize(Path(done[spec.made_from].path), dest, spec.precision, threads)
     return [dest]
 
 
@@ -325,9 +325,9 @@ def _manifest(spec, source, model_dir: Path, tmp: Path, weights: list[Path], don
     if base:
         n_params = base.n_params
     elif spec.name == "torch-fp32":
-        n_params = build_torch.parameter_count(tmp)
+        n_params = pytorch.parameter_count(tmp)
     else:  # transformers cannot read this model: count the GGUF's own tensors
-        n_params = sum(int(t.n_elements) for t in build_gguf.read_gguf(weights[0]).tensors)
+        n_params = sum(int(t.n_elements) for t in llamacpp.read_gguf(weights[0]).tensors)
     # Without a transformers copy: a directory source's own tokenizer, else the GGUF's (llama.cpp reads it).
     tokenizer = Path(base.path) if base else source.path if source.kind == "hf" else final
     return Variant(
