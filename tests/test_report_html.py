@@ -277,6 +277,7 @@ PLOT_STATE = """(() => {
           xs: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.x[i]]))),
           ys: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.y[i]]))),
           x_plus: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.error_x.array[i]]))),
+          y_plus: Object.fromEntries(points.flatMap(t => t.customdata.map((v, i) => [v, t.error_y.array[i]]))),
           frontier: (gd.data.find(t => t.name === 'Pareto frontier') || {x: []}).x};
 })()"""
 FIRST_ROW = "document.querySelector('#results tbody tr').cells[0].dataset.variant"
@@ -300,8 +301,17 @@ def test_report_html_sorts_switches_axes_and_opens_details_in_chromium(tmp_path)
         assert browser.open(page), "the page never drew its plot"
         assert all(url.startswith(("file:", "data:")) for url in browser.requested_urls()), browser.requested_urls()
         state = browser.evaluate(PLOT_STATE)
-        assert state["x_title"].startswith("decode tok/s") and state["y_title"].startswith("PPL")
+        # The page opens on the paired ΔPPL %, its error bar the paired interval, not the PPL's own (wider) one.
+        assert state["x_title"].startswith("decode tok/s") and state["y_title"].startswith("ΔPPL %")
         assert state["xs"]["ort-int4"] == 60 and "llamacpp-q6_k" not in state["xs"]  # the failed row is not plotted
+        int4 = run.row("ort-int4").accuracy
+        assert state["ys"]["ort-int4"] == pytest.approx(int4.delta_ppl_pct)
+        assert state["y_plus"]["ort-int4"] == pytest.approx(int4.delta_ppl_pct_ci[1] - int4.delta_ppl_pct)
+        assert state["y_plus"]["ort-int4"] != pytest.approx(1.96 * int4.ppl_stderr)
+        # At 1400 px the whole table shows beside the detail panel: none of its columns is cut off.
+        box = browser.evaluate("(() => { const b = document.getElementById('table-box'); "
+                               "return [b.scrollWidth, b.clientWidth]; })()")
+        assert WIDTH == 1400 and box[0] <= box[1], box
 
         # Sort: the first click on "decode tok/s" puts the slowest first, the second the fastest.
         speeds = {r.variant: r.metric("decode_tok_s") for r in run.results if r.metric("decode_tok_s")}
@@ -318,7 +328,7 @@ def test_report_html_sorts_switches_axes_and_opens_details_in_chromium(tmp_path)
         assert browser.wait_for("document.getElementById('plot').layout.xaxis.title.text.startsWith('prefill')")
         state = browser.evaluate(PLOT_STATE)
         assert state["xs"]["ort-int4"] == 480 and state["xs"]["torch-bf16"] == 72
-        values = {r.variant: (r.metric("prefill_tok_s"), r.metric("ppl")) for r in run.results if r.ok}
+        values = {r.variant: (r.metric("prefill_tok_s"), r.metric("delta_ppl_pct")) for r in run.results if r.ok}
         front = report.pareto_names(values, True, False)
         assert state["frontier"] == [values[name][0] for name in front] and len(front) > 1
         # Error bars from the intervals: the 95% one where the run has it, else the repetitions' min–max.
