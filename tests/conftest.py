@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import harness  # noqa: F401  first: it takes the checkout's root off sys.path (its kernels/ shadows transformers')
+
 # The tests never reach a model hub: everything comes from the installed package.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -74,3 +74,13 @@ def test_help_does_not_import_the_runtimes():
             "print(sorted(m for m in ('torch', 'onnxruntime', 'llama_cpp', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_run_from_the_checkout_transformers_gets_hugging_faces_kernels_not_ours():
+    # `python -m harness` in the checkout (the README's first command) puts its root on sys.path, where
+    # kernels/ would shadow the `kernels` distribution transformers imports with every model.
+    probe = ("import harness, kernels, transformers.activations\n"
+             "print(kernels.__file__)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert Path(out.stdout.strip()).resolve() != REPO / "kernels" / "__init__.py"
