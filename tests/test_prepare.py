@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -401,3 +402,29 @@ def test_a_transformers_source_has_the_llamacpp_family_and_its_reference(tmp_pat
     runtimes_that_import({"torch", "ort"})
     assert with_reference(["torch-bf16"], None, hf_source) == ["torch-bf16", "ort-fp32"]
 
+
+def test_the_onnx_builder_reads_gemma3_through_legacy_rope_keys_that_transformers_reads_back(tmp_path):
+    # transformers 5 writes Gemma 3's RoPE per layer type; the builder reads one flat rope_parameters with
+    # rope_type and the sliding layers' base as rope_local_base_freq. The view gives it those keys, and
+    # transformers, reading the view, gets back the per-layer-type parameters the model was made with.
+    from transformers import AutoConfig, Gemma3TextConfig
+
+    from harness.build.ort import builder_input
+
+    config = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              num_key_value_heads=1, head_dim=32, vocab_size=100, rope_theta=500_000.0,
+                              rope_local_base_freq=20_000.0)
+    base = tmp_path / "base"
+    config.save_pretrained(base)
+    (base / "model.safetensors").write_bytes(b"weights")
+    view = builder_input(base, tmp_path / "work")
+    assert view != base and (view / "model.safetensors").read_bytes() == b"weights"
+    flat = json.loads((view / "config.json").read_text())["rope_parameters"]
+    assert flat == {"rope_type": "default", "rope_theta": 500_000.0, "rope_local_base_freq": 20_000.0}
+    reread = AutoConfig.from_pretrained(view).rope_parameters
+    assert {kind: reread[kind] for kind in ("full_attention", "sliding_attention")} == config.rope_parameters
+    # A flat config (Llama and most families) is handed over as it is.
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}))
+    assert builder_input(llama, tmp_path / "work2") == llama

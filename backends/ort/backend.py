@@ -28,6 +28,7 @@ class OrtBackend(Backend):
 
     runtime = RUNTIME
     settings_class = OrtSettings
+    _min_length = 0  # the KV cache length a generator needs at least (a sliding window; set by load)
     settings: OrtSettings
 
     @classmethod
@@ -53,6 +54,8 @@ class OrtBackend(Backend):
             if self.provider == "cuda" and cuda_index(self.device) is not None:
                 config.set_provider_option("cuda", "device_id", str(cuda_index(self.device)))
         self._native = og.Model(config)
+        # A sliding-window model's attention (Gemma 3) needs a KV cache at least as long as the window.
+        self._min_length = int((genai["model"]["decoder"].get("sliding_window") or {}).get("window_size") or 0)
         self.eos_token_ids = eos_ids(self.variant.tokenizer_path, genai["model"].get("eos_token_id"))
 
     def close(self) -> None:
@@ -72,7 +75,8 @@ class OrtBackend(Backend):
     def _generator(self, max_length: int):
         model = self._require_loaded()
         params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=max_length)
+        # The cache's capacity; the callers stop on their own counts, so a longer one changes no result.
+        params.set_search_options(do_sample=False, max_length=max(max_length, self._min_length))
         return og.Generator(model, params)
 
     def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:

@@ -298,8 +298,8 @@ def _build_files(spec, source, reader, tmp: Path, done: dict[str, Variant], thre
 
 
 # The ONNX builder's last line when it cannot take a model: "NotImplementedError: The X model is not
-# currently supported.", or a config it does not read (onnxruntime-genai 0.18 on transformers 5's Gemma 3
-# config, whose rope_parameters are per layer type: "KeyError: 'rope_type'"). Anything else (killed,
+# currently supported.", or a config it does not read (a KeyError such as 'rope_type', which it said of
+# Gemma 3's per-layer-type rope_parameters before harness.build.ort.builder_input). Anything else (killed,
 # MemoryError, a full disk) is a failed build.
 _BUILDER_REFUSALS = ("NotImplementedError", "KeyError", "AttributeError", "ValueError", "TypeError", "AssertionError")
 
