@@ -24,6 +24,7 @@ from harness.errors import UserError, flag_name
 GROUP_TITLES = {
     "text": "text scored for accuracy",
     "speed": "speed",
+    "tasks": "lm-evaluation-harness tasks (accuracy on them, paired with the reference by document)",
     "answer": "the answer",
     "output": "output",
     "cluster": "cluster",
@@ -230,7 +231,7 @@ def _run_show(args: argparse.Namespace) -> int:
     tokens = row.accuracy.tokens_scored if row.accuracy is not None else report.ABSENT
     print(f"run {run.run_id}: {run.label(row)} against {view.reference or 'no reference'}, {tokens} tokens scored "
           f"of {run.corpus.name or report.ABSENT} (ctx {run.corpus.ctx or report.ABSENT})")
-    print("\n".join(report.divergence_lines(row, reference_row)))
+    print("\n".join(report.divergence_lines(row, reference_row) + report.task_lines(row, reference_row)))
     return 0
 
 

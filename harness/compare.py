@@ -75,7 +75,16 @@ def run_compare(config: CompareConfig) -> int:
     else:
         check_cuda_device(config.device)  # a GPU this machine lacks stops the run here, before anything is built
     inputs = _resolve_inputs(config)
+    if config.tasks:  # every task and its documents load here, before anything is built
+        from harness.measure.tasks import check_tasks
+
+        check_tasks(_task_spec(config))
     models, text_bytes = _prepare_models(config, inputs)
+    for model in models if config.tasks else ():
+        if _hf_dir(model.prepared) is None:
+            raise UserError("lm-eval's tasks are tokenized by the model's transformers tokenizer, and this model has "
+                            "no torch-fp32 copy to take it from; compare it without --tasks", setting="model",
+                            value=model.name)
     out_dir, run_id = _out_dir_and_run_id(config)  # only once every input has been checked
 
     with tempfile.TemporaryDirectory(prefix="harness-reference-") as record_root:
@@ -235,7 +244,17 @@ def _measure_inputs(config: CompareConfig, model: _Model) -> MeasureInputs:
         prompts=[model.tokenizer.encode(p) for p in DEFAULT_PROMPTS],
         token_pool=speed_token_pool(_hf_dir(model.prepared) or model.source.path),  # the variants share the vocabulary
         runtime_settings=config.runtime_settings(),
+        tasks=_task_spec(config, _hf_dir(model.prepared)) if config.tasks else None,
     )
+
+
+def _task_spec(config: CompareConfig, tokenizer: Path | None = None):
+    """The lm-eval tasks every variant scores, on the same documents with the same few-shot examples,
+    tokenized by the model's transformers tokenizer."""
+    from harness.measure.tasks import TaskSpec
+
+    return TaskSpec(tuple(config.tasks), config.task_limit, config.num_fewshot, config.task_seed,
+                    tokenizer=None if tokenizer is None else str(tokenizer))
 
 
 def _jobs(model: _Model, inputs: MeasureInputs, record_dir: str, out_dir: Path, several: bool) -> list[VariantJob]:
@@ -274,7 +293,10 @@ def _environment(threads: int) -> dict:
 
 
 def _run_settings(config: CompareConfig) -> RunSettings:
-    return same_named(RunSettings, config, max_tokens=config.token_budget, runtimes=config.runtime_settings_dicts())
+    without_tasks = {} if config.tasks else dict(tasks=None, task_limit=None, num_fewshot=None, task_seed=None,
+                                                  max_task_drop=None)
+    return same_named(RunSettings, config, max_tokens=config.token_budget, runtimes=config.runtime_settings_dicts(),
+                      **without_tasks)
 
 
 def _deliver(run: RunRecord, out_dir: Path, store_path: Path, json_path: str | None) -> None:

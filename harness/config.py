@@ -115,6 +115,17 @@ class CompareConfig(ModelConfig):
                          metavar="cpu|cuda[:N]")
     timeout_s: int = _field(defaults.TIMEOUT_S, "seconds one variant may take before it counts as failed", group="speed",
                           parse="positive_int", metavar="S")
+    # lm-eval's tasks, scored on every variant
+    tasks: tuple[str, ...] | None = _field(
+        None, "lm-evaluation-harness tasks to score every variant on, comma-separated: task or group names, or paths "
+              "to task YAML files or folders (needs the tasks extra: pip install -e '.[tasks]')", group="tasks",
+        parse="names", metavar="A,B")
+    task_limit: int = _field(defaults.TASK_LIMIT, "documents per task, the same ones for every variant (the first N)",
+                             group="tasks", parse="positive_int", metavar="N")
+    num_fewshot: int | None = _field(None, "few-shot examples per document (default: each task's own)", group="tasks",
+                                     parse="count", metavar="N")
+    task_seed: int = _field(defaults.TASK_SEED, "seed of the few-shot examples' sampling", group="tasks", parse="count",
+                            metavar="N")
     # the answer
     reference: str | None = _field(
         None, "variant that KLD and ΔPPL are measured against, added to the run when missing (default: llamacpp-f32, "
@@ -122,6 +133,12 @@ class CompareConfig(ModelConfig):
     max_ppl_increase_pct: float = _field(
         defaults.MAX_PPL_INCREASE_PCT, "PPL increase over the reference, in %, a recommendation may accept",
         group="answer", parse="percent", metavar="PCT")
+    rank_by: str | None = _field(
+        None, "also answer on an lm-eval task metric, TASK/METRIC (e.g. hellaswag/acc_norm): the fastest and smallest "
+              "variant within --max-task-drop of the reference on it", group="answer", metavar="TASK/METRIC")
+    max_task_drop: float = _field(
+        defaults.MAX_TASK_DROP, "drop from the reference on --rank-by a recommendation may accept (95% bound), in "
+        "points for accuracies", group="answer", parse="percent", metavar="PTS")
     memory_budget_mb: float | None = _field(
         None, "peak memory in MB allowed for the most-accurate recommendation, e.g. 800MB or 2GB", group="answer",
         parse="size_mb", metavar="SIZE")
@@ -160,6 +177,9 @@ class CompareConfig(ModelConfig):
                             value=self.device)
         if self.max_ppl_increase_pct < 0:
             raise UserError("must be 0 or more", setting="max_ppl_increase_pct", value=self.max_ppl_increase_pct)
+        if self.rank_by is not None and (not self.tasks or "/" not in self.rank_by.strip("/")):
+            raise UserError("give TASK/METRIC of a task in --tasks, e.g. hellaswag/acc_norm", setting="rank_by",
+                            value=self.rank_by)
         if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
             raise UserError("must be more than 0", setting="memory_budget_mb", value=self.memory_budget_mb)
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 2  # 2: several models per run (RunRecord.models, VariantRow.model); 1 is read as well
+SCHEMA_VERSION = 3  # 3: lm-eval task scores (VariantRow.tasks); 2: several models per run; 1 and 2 are read as well
 OK, FAILED, UNAVAILABLE = "ok", "failed", "unavailable"
 
 _OPTIONAL = {"optional": True}
@@ -42,6 +42,7 @@ class _Record:
 
     NESTED: ClassVar[dict[str, type]] = {}  # field -> record type
     NESTED_LISTS: ClassVar[dict[str, type]] = {}  # field -> record type of each item
+    NESTED_MAPS: ClassVar[dict[str, type]] = {}  # field -> record type of each value of a name -> record map
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -53,6 +54,8 @@ class _Record:
                 value = value.to_dict()
             elif f.name in self.NESTED_LISTS:
                 value = [item.to_dict() for item in value]
+            elif f.name in self.NESTED_MAPS and value is not None:
+                value = {name: item.to_dict() for name, item in value.items()}
             out[f.name] = value
         return out
 
@@ -68,6 +71,8 @@ class _Record:
                 value = cls.NESTED[f.name].from_dict(value)
             elif f.name in cls.NESTED_LISTS:
                 value = tuple(cls.NESTED_LISTS[f.name].from_dict(item) for item in value or ())
+            elif f.name in cls.NESTED_MAPS and value is not None:
+                value = {name: cls.NESTED_MAPS[f.name].from_dict(item) for name, item in value.items()}
             values[f.name] = value
         return cls(**values)
 
@@ -252,10 +257,40 @@ class NodeInfo(_Record):
 
 
 @dataclass(frozen=True)
+class TaskScores(_Record):
+    """One lm-eval task on one variant: its metrics as lm-eval names them, and each document's outcome.
+
+    ``outcomes`` holds, for every metric lm-eval scores per document, one value per scored document in
+    the order of ``doc_ids`` (1/0 for ``acc``, ``acc_norm``, ``exact_match``): what pairs a variant with
+    its reference document by document. The prompts are not kept.
+    """
+
+    metrics: dict[str, float | None] = field(default_factory=dict)  # "acc", "acc_norm", "exact_match,strict", ...
+    stderr: dict[str, float | None] = field(default_factory=dict)  # metric -> lm-eval's standard error
+    docs: int = 0  # documents scored
+    doc_ids: list[int] = field(default_factory=list)
+    outcomes: dict[str, list[float]] = field(default_factory=dict)  # metric -> per document, in doc_ids' order
+    seconds: float | None = None  # the task's wall time on this variant
+
+    @property
+    def main_metric(self) -> str | None:
+        """The metric a table shows: the first of lm-eval's usual headline metrics the task has."""
+        for name in MAIN_TASK_METRICS:
+            if name in self.metrics:
+                return name
+        return next(iter(self.metrics), None)
+
+
+# The metric a task's column shows, in order of preference (lm-eval's headline metrics).
+MAIN_TASK_METRICS = ("acc_norm", "acc", "exact_match", "exact_match,strict-match", "f1", "mcc", "word_perplexity")
+
+
+@dataclass(frozen=True)
 class VariantRow(_Record):
     """One variant's result: what it is, whether it ran, and its figures."""
 
     NESTED: ClassVar[dict[str, type]] = {"accuracy": Accuracy, "efficiency": Efficiency, "node": NodeInfo}
+    NESTED_MAPS: ClassVar[dict[str, type]] = {"tasks": TaskScores}
 
     variant: str
     runtime: str
@@ -270,6 +305,7 @@ class VariantRow(_Record):
     node: NodeInfo | None = field(default=None, metadata=_OPTIONAL)  # where it was measured
     started_unix: float | None = field(default=None, metadata=_OPTIONAL)  # its child's start and end, seconds
     ended_unix: float | None = field(default=None, metadata=_OPTIONAL)  # since the epoch, on that node's clock
+    tasks: dict[str, TaskScores] | None = field(default=None, metadata=_OPTIONAL)  # lm-eval task -> its scores
 
     @classmethod
     def failed(cls, variant: str, runtime: str, precision: str, error: str, traceback: str | None = None) -> "VariantRow":
@@ -341,6 +377,12 @@ class RunSettings(_Record):
     agreement_tokens: int | None = None
     timeout_s: float | None = None
     runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)  # runtime -> its settings
+    tasks: list[str] | None = field(default=None, metadata=_OPTIONAL)  # lm-eval tasks, as given
+    task_limit: int | None = field(default=None, metadata=_OPTIONAL)  # documents per task
+    num_fewshot: int | None = field(default=None, metadata=_OPTIONAL)  # None: each task's own
+    task_seed: int | None = field(default=None, metadata=_OPTIONAL)
+    rank_by: str | None = field(default=None, metadata=_OPTIONAL)  # TASK/METRIC the answer also ranks on
+    max_task_drop: float | None = field(default=None, metadata=_OPTIONAL)
 
 
 @dataclass(frozen=True)

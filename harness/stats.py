@@ -16,6 +16,7 @@ the same interval.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -134,3 +135,56 @@ class Stats:
     def within(self, target_pct: float) -> bool:
         """True when the interval's half-width is at most ``target_pct`` % of the median."""
         return self.half_width_pct <= target_pct
+
+
+# ---- two variants on the same documents ----------------------------------------------------------
+Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+@dataclass(frozen=True)
+class PairedOutcomes:
+    """A variant against its reference on the same documents: the mean of the per-document differences.
+
+    ``delta`` is mean(variant - reference), ``ci`` its 95 % normal interval from the differences'
+    standard error (the paired interval: a document both get right or both get wrong adds nothing to
+    it). For outcomes of 0 and 1, ``mcnemar_p`` is the exact McNemar test's two-sided p-value, from the
+    documents where the two disagree (``only_reference`` right on the reference alone, ``only_variant``
+    on the variant alone); None for other outcomes.
+    """
+
+    docs: int
+    delta: float
+    ci: tuple[float, float]
+    only_reference: int | None = None
+    only_variant: int | None = None
+    mcnemar_p: float | None = None
+
+    @property
+    def tied(self) -> bool:
+        """Indistinguishable from the reference: the interval holds 0 (and McNemar does not reject at 5 %)."""
+        within = self.ci[0] <= 0.0 <= self.ci[1]
+        return within and (self.mcnemar_p is None or self.mcnemar_p >= 1 - CONFIDENCE)
+
+
+def paired_outcomes(variant: Sequence[float], reference: Sequence[float]) -> PairedOutcomes:
+    """The paired difference of two equally long per-document outcome lists (same documents, same order)."""
+    v, r = np.asarray(variant, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if v.shape != r.shape or v.ndim != 1 or len(v) == 0:
+        raise ValueError(f"paired outcomes need two lists over the same documents, got {v.shape} and {r.shape}")
+    d = v - r
+    delta = float(d.mean())
+    half = Z_95 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    if not np.isin(np.concatenate([v, r]), (0.0, 1.0)).all():
+        return PairedOutcomes(len(d), delta, (delta - half, delta + half))
+    only_reference, only_variant = int(np.sum((r == 1) & (v == 0))), int(np.sum((r == 0) & (v == 1)))
+    return PairedOutcomes(len(d), delta, (delta - half, delta + half), only_reference, only_variant,
+                          mcnemar_exact_p(only_reference, only_variant))
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: the binomial test of ``min(b, c)`` of ``b + c`` discordant pairs at 1/2."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)

@@ -19,7 +19,7 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.paths import STORE_ENV, data_dir
 from harness.results import RunRecord, VariantRow, json_safe
-from harness.stats import ratio_of_medians
+from harness.stats import PairedOutcomes, paired_outcomes, ratio_of_medians
 
 STORE_NAME = "harness.sqlite"
 STORE_SCHEMA_VERSION = 1  # kept in PRAGMA user_version
@@ -210,6 +210,33 @@ class VariantDiff:
     status_a: str | None  # None: not in that run
     status_b: str | None
     changes: tuple[Change, ...]
+    tasks: tuple["TaskChange", ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """One lm-eval task metric in A and B; paired by document when both runs scored the same documents."""
+
+    task: str
+    metric: str
+    a: float | None
+    b: float | None
+    paired: PairedOutcomes | None  # B - A over the shared documents; None when they scored other documents
+
+
+def task_changes(row_a: VariantRow | None, row_b: VariantRow | None) -> tuple[TaskChange, ...]:
+    """Every task metric both rows scored, A then B, paired by document (B - A) where their documents are the same."""
+    tasks_a, tasks_b = (row_a.tasks or {}) if row_a else {}, (row_b.tasks or {}) if row_b else {}
+    changes = []
+    for task in (t for t in tasks_a if t in tasks_b):
+        a, b = tasks_a[task], tasks_b[task]
+        for metric in (m for m in a.metrics if m in b.metrics):
+            paired = None
+            if metric in a.outcomes and metric in b.outcomes and sorted(a.doc_ids) == sorted(b.doc_ids):
+                by_doc = dict(zip(a.doc_ids, a.outcomes[metric]))
+                paired = paired_outcomes(b.outcomes[metric], [by_doc[d] for d in b.doc_ids])
+            changes.append(TaskChange(task, metric, a.metrics[metric], b.metrics[metric], paired))
+    return tuple(changes)
 
 
 @dataclass(frozen=True)
@@ -337,6 +364,6 @@ def diff(run_a: RunRecord, run_b: RunRecord) -> RunDiff:
         same = same_tokens(run_a, run_b, model)
         same_reference = run_a.model_info(model).reference == run_b.model_info(model).reference
         variants.append(VariantDiff(labels[key], row_a.status if row_a else None, row_b.status if row_b else None,
-                                    _changes(row_a, row_b, same, same_reference)))
+                                    _changes(row_a, row_b, same, same_reference), task_changes(row_a, row_b)))
     same_all = all(same_tokens(run_a, run_b, m.name) for m in run_a.models) if run_a.models else False
     return RunDiff(run_a.run_id or "A", run_b.run_id or "B", _context_changes(run_a, run_b), tuple(variants), same_all)

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from harness import report
+from harness import report, results
 from harness.report import files as report_files
 from harness.results import RunRecord, VariantRow
 
@@ -216,7 +216,7 @@ def test_write_report_writes_every_file_atomically(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(report_files.FILE_NAMES)  # no temp files left
 
     document = json.loads(paths["report.json"].read_text())
-    assert document["schema_version"] == 2 and document["models"][0]["reference"] == "llamacpp-f32"
+    assert document["schema_version"] == results.SCHEMA_VERSION and document["models"][0]["reference"] == "llamacpp-f32"
     assert document["corpus"]["name"] == run["corpus"]["name"] and len(document["results"]) == 11
     assert document["results"][1]["accuracy"]["ppl_stderr"] is None
     assert document["summary"]["pareto"]["ppl_vs_decode_tok_s"][0] == "llamacpp-f32"

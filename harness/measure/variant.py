@@ -17,7 +17,8 @@ from harness.measure.reference_record import (
     RecordedReference,
     record_limit,
 )
-from harness.results import VariantRow
+from harness.measure.tasks import TaskSpec, backend_lm, score_tasks
+from harness.results import TaskScores, VariantRow
 from harness.text.protocols import Window
 from harness.text.tokenizer import TokenizedText
 
@@ -47,6 +48,7 @@ class MeasureInputs:
     max_repetitions: int = defaults.MAX_REPETITIONS  # repetitions is the minimum (harness.measure.efficiency)
     precision_target_pct: float = defaults.PRECISION_TARGET_PCT
     speed_budget_s: float = defaults.SPEED_BUDGET_S
+    tasks: TaskSpec | None = None  # lm-eval's tasks, scored after the accuracy pass
 
 
 def measure_variant(variant: Variant, inputs: MeasureInputs, record_dir: str | None = None) -> dict[str, Any]:
@@ -74,9 +76,19 @@ def measure_variant(variant: Variant, inputs: MeasureInputs, record_dir: str | N
             budget_s=inputs.speed_budget_s, load_s=load_s, token_pool=inputs.token_pool,
         )
         accuracy = _score(backend, variant, inputs, record_dir)
+        tasks = _score_tasks(backend, variant, inputs.tasks) if inputs.tasks else None
     finally:
         backend.close()
-    return VariantRow(*identity, backend=described, accuracy=accuracy, efficiency=efficiency).to_dict()
+    return VariantRow(*identity, backend=described, accuracy=accuracy, efficiency=efficiency, tasks=tasks).to_dict()
+
+
+def _score_tasks(backend, variant: Variant, spec: TaskSpec) -> dict[str, TaskScores]:
+    """lm-eval's tasks on the loaded ``backend``, tokenized by the model's one transformers tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or variant.tokenizer_path)
+    scored = score_tasks(backend_lm(backend, tokenizer, spec.max_length), spec)
+    return {task: TaskScores.from_dict(scores) for task, scores in scored.items()}
 
 
 def _open(variant: Variant, inputs: MeasureInputs):

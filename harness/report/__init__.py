@@ -3,9 +3,9 @@
 May import the schema (``harness.results``), ``harness.defaults`` and ``harness.stats``; never a backend, a
 kernel, the measurement, a runner or a command: a report reads results, it measures nothing.
 This package's interface is below: ``table`` (the table and the text a run prints), ``answer`` (the
-recommendations), ``divergence`` (ΔPPL and KLD read against the reference), ``format`` (how a figure
-is written) and ``history`` (``history``/``diff``); ``files`` and ``html`` write a run's files and are
-imported by name.
+recommendations), ``divergence`` (ΔPPL and KLD read against the reference), ``tasks`` (lm-eval task
+scores read against the reference), ``format`` (how a figure is written) and ``history``
+(``history``/``diff``); ``files`` and ``html`` write a run's files and are imported by name.
 """
 
 from harness.report.answer import (
@@ -56,6 +56,7 @@ from harness.report.table import (
     summary,
     table_rows,
 )
+from harness.report.tasks import task_columns, task_lines, task_summary
 
 __all__ = [
     "ABSENT", "COLALIGN", "DEFAULT_KLD_NOISE_FLOOR", "FRONTIERS", "HEADERS", "LARGER_IS_BETTER", "LEGEND",
@@ -64,5 +65,5 @@ __all__ = [
     "frontier_names", "frontiers", "header_lines", "headers", "indistinguishable", "kld_noise_floor",
     "machine_marks", "machines", "pareto_front", "pareto_names", "recommendations", "reference_ppl",
     "render_diff", "render_history", "render_table", "render_text", "resolve_settings", "summary", "table_rows",
-    "ties_with_best",
+    "task_columns", "task_lines", "task_summary", "ties_with_best",
 ]

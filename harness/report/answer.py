@@ -17,6 +17,7 @@ from harness.report.divergence import (
     ties_with_best,
 )
 from harness.report.format import ABSENT, fmt_mb, fmt_sig
+from harness.report.tasks import is_fraction, larger_is_better, paired_with_reference
 from harness.results import RunRecord, VariantRow
 
 FALLBACK_MAX_PPL_INCREASE_PCT = defaults.MAX_PPL_INCREASE_PCT  # stored runs that predate the setting
@@ -102,6 +103,36 @@ def _within_limit_lines(run: RunRecord, scored: list[VariantRow], max_pct: float
     return _best_lines(run, within, label, lambda row: _describe(row, ref_ppl, run.reference))
 
 
+def _task_lines(run: RunRecord, rank_by: str, max_drop: float) -> list[str]:
+    """The fastest and the smallest variant whose paired difference on ``rank_by`` (TASK/METRIC) from the
+    reference is no worse than ``max_drop`` at its 95 % bound (points for accuracies)."""
+    task, _, metric = rank_by.rpartition("/")
+    reference = run.row(run.reference) if run.reference else None
+    if reference is None or not reference.ok:
+        return [f"No reference variant to rank {rank_by} against."]
+    rows = [r for r in run.results if r.ok and metric in getattr((r.tasks or {}).get(task), "metrics", {})]
+    if not rows:
+        return [f"No variant scored {rank_by}: nothing to rank on it."]
+    scale, unit = (100.0, "point" if max_drop == 1 else "points") if is_fraction(metric) else (1.0, "")
+    sign = 1.0 if larger_is_better(metric) else -1.0
+
+    def worst(row: VariantRow) -> float | None:  # the 95 % bound on the side where the variant is worse
+        if row.variant == reference.variant:
+            return 0.0
+        paired = paired_with_reference(row, reference, task, metric)
+        return None if paired is None else min(sign * paired.ci[0], sign * paired.ci[1]) * scale
+
+    def describe(row: VariantRow) -> str:
+        value = row.tasks[task].metrics[metric]
+        paired = paired_with_reference(row, reference, task, metric)
+        delta = "" if paired is None else f" ({paired.delta * scale:+.1f} ± {(paired.ci[1] - paired.ci[0]) * scale / 2:.1f})"
+        return f"{metric} {ABSENT if value is None else fmt_sig(value * scale, 3)}{' %' if scale == 100 else ''}{delta}"
+
+    within = [r for r in rows if (bound := worst(r)) is not None and bound >= -max_drop]
+    label = f"within −{max_drop:g} {unit} of {run.reference} on {rank_by} (95% bound)".replace("  ", " ")
+    return _best_lines(run, within, label, describe)
+
+
 def _across_models_lines(run: RunRecord, max_pct: float, budget_mb: float | None) -> list[str]:
     """Several models: the fastest and smallest within the limit of the lowest bits per byte, and the most accurate.
 
@@ -182,6 +213,9 @@ def recommendations(
     else:
         scored = [r for r in run.results if r.ok and r.metric("ppl") is not None]
         lines = _within_limit_lines(run, scored, max_pct) + _memory_line(run, scored, budget_mb)
+        if run.settings.rank_by:
+            max_drop = run.settings.max_task_drop
+            lines += _task_lines(run, run.settings.rank_by, defaults.MAX_TASK_DROP if max_drop is None else max_drop)
     if len(machines(run)) > 1:
         lines.append(f"Rows were measured on {len(machines(run))} different machines (m1, m2, ... in the marks and "
                      "the header): compare speeds only between rows of one machine.")

@@ -67,5 +67,19 @@ def render_diff(run_diff) -> str:
         table.append([v.variant, status] + [_diff_cell(c) for c in v.changes])
     headers = ("variant", "status", "PPL", "KLD", "prefill tok/s", "decode tok/s", "peak RSS MB")
     lines.append(tabulate(table, headers=headers, disable_numparse=True))
+    lines += [_task_change_line(v.variant, change) for v in run_diff.variants for change in v.tasks]
     lines.append(DIFF_LEGEND)
     return "\n".join(lines) + "\n"
+
+
+def _task_change_line(variant: str, change) -> str:
+    """One task metric from A to B (``store.TaskChange``), with its paired difference when the documents match."""
+    text = f"{variant}: {change.task} {change.metric} {fmt_sig(change.a, 4)} → {fmt_sig(change.b, 4)}"
+    paired = change.paired
+    if paired is None:
+        return text + " (other documents: not paired)"
+    text += (f", paired over {paired.docs} documents: {paired.delta:+.4g} "
+             f"[{paired.ci[0]:+.3g}, {paired.ci[1]:+.3g}]")
+    if paired.mcnemar_p is not None:
+        text += f", McNemar p {paired.mcnemar_p:.3g}"
+    return text + ("" if paired.tied else " *")

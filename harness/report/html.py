@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any, Iterable
 
 from harness import report
+from harness.report.tasks import larger_is_better, task_key
 from harness.results import Efficiency, RunRecord, VariantRow, finite_pair
 
 RUNTIME_COLOURS = {"torch": "#1f77b4", "ort": "#2ca02c", "llamacpp": "#d62728"}
@@ -69,8 +70,27 @@ def _field(row: VariantRow, name: str) -> Any:
     return None
 
 
+def task_axes(run: RunRecord) -> tuple[tuple[str, str, bool], ...]:
+    """Every lm-eval task metric some row scored, as an accuracy axis: (``task/metric``, label, larger is better)."""
+    found: dict[str, tuple[str, bool]] = {}
+    for row in run.results:
+        for task, scores in (row.tasks or {}).items():
+            for metric in scores.metrics:
+                found.setdefault(task_key(task, metric), (f"{task} {metric}", larger_is_better(metric)))
+    return tuple((key, label, up) for key, (label, up) in found.items())
+
+
+def _task_figure(row: VariantRow, key: str, section: str) -> float | None:
+    """A task metric's value (``section`` "metrics") or standard error ("stderr") from ``task/metric``."""
+    task, _, metric = key.rpartition("/")
+    scores = (row.tasks or {}).get(task)
+    return None if scores is None else getattr(scores, section).get(metric)
+
+
 def metric_value(row: VariantRow, key: str, ref_ppl: float | None) -> float | None:
-    """The figure an axis plots: ``row.metric``, with ΔPPL % derived and the size in MB."""
+    """The figure an axis plots: ``row.metric``, with ΔPPL % derived, the size in MB and task metrics."""
+    if "/" in key:
+        return _task_figure(row, key, "metrics")
     if key == "delta_ppl_pct":
         return report.delta_ppl_pct(row, ref_ppl)
     if key == "size_mb":
@@ -84,8 +104,8 @@ def metric_interval(row: VariantRow, key: str, ref_ppl: float | None) -> tuple[f
     value = metric_value(row, key, ref_ppl)
     if value is None:
         return None
-    if key in STDERR_OF:
-        stderr = row.metric(STDERR_OF[key])
+    if key in STDERR_OF or "/" in key:
+        stderr = _task_figure(row, key, "stderr") if "/" in key else row.metric(STDERR_OF[key])
         return None if stderr is None else (value - Z_95 * stderr, value + Z_95 * stderr, CI_95)
     ci = finite_pair(_field(row, f"{key}_ci"))
     if ci is not None:
@@ -115,7 +135,9 @@ def plot_data(run: RunRecord) -> dict[str, Any]:
     rows = [r for r in run.results if r.ok]
     axes = {"x": [], "y": []}
     values: dict[str, dict[str, float]] = {}
-    for side, catalogue in (("y", ACCURACY_AXES), ("x", EFFICIENCY_AXES)):
+    tasks = task_axes(run)
+    larger = {**LARGER_IS_BETTER, **{key: up for key, _, up in tasks}}
+    for side, catalogue in (("y", ACCURACY_AXES + tasks), ("x", EFFICIENCY_AXES)):
         for key, label, up in catalogue:
             present = {run.label(r): v for r in rows if (v := metric_value(r, key, ref_ppls.get(r.model))) is not None}
             if present:
@@ -137,12 +159,13 @@ def plot_data(run: RunRecord) -> dict[str, Any]:
     for x in (a["key"] for a in axes["x"]):
         for y in (a["key"] for a in axes["y"]):
             both = {name: (values[x][name], values[y][name]) for name in values[x] if name in values[y]}
-            frontiers[f"{x}|{y}"] = report.pareto_names(both, LARGER_IS_BETTER[x], LARGER_IS_BETTER[y])
+            frontiers[f"{x}|{y}"] = report.pareto_names(both, larger[x], larger[y])
     keys = [a["key"] for a in axes["x"] + axes["y"]]
     default = [k if k in keys else (axes[side][0]["key"] if axes[side] else None)
                for k, side in zip((DEFAULT_X, DEFAULT_Y[report.accuracy_key(run)]), ("x", "y"))]
     return {"axes": axes, "points": points, "frontiers": frontiers, "default": {"x": default[0], "y": default[1]},
-            "frontier_colour": FRONTIER_COLOUR, "labels": {k: lab for k, lab, _ in ACCURACY_AXES + EFFICIENCY_AXES},
+            "frontier_colour": FRONTIER_COLOUR,
+            "labels": {k: lab for k, lab, _ in ACCURACY_AXES + EFFICIENCY_AXES + tasks},
             "models": list(symbols.items()) if run.multi_model else []}
 
 

@@ -27,6 +27,7 @@ from harness.report.divergence import (
     kld_noise_floor,
 )
 from harness.report.format import ABSENT, fmt_fixed, fmt_mb, fmt_ppl, fmt_sig, fmt_speed
+from harness.report.tasks import fmt_task_cell, task_columns, task_summary
 from harness.results import ModelInfo, RunRecord, VariantRow
 
 # Which way is better for each metric the frontier or the recommendations rank by.
@@ -128,9 +129,12 @@ def frontier_names(run: RunRecord) -> dict[str, list[str]]:
 
 
 def headers(run: RunRecord) -> tuple[str, ...]:
-    """``HEADERS``, after a model column when the run has several models, with a node column when it used several."""
+    """``HEADERS``, after a model column when the run has several models, with a column per lm-eval task and a
+    node column when it used several nodes, both before the status."""
     columns = ((MODEL_HEADER,) if run.multi_model else ()) + HEADERS
-    return columns[:-2] + (NODE_HEADER,) + columns[-2:] if _several_nodes(run) else columns
+    extra = tuple(f"{task} {metric}" for task, metric in task_columns(run))
+    extra += (NODE_HEADER,) if _several_nodes(run) else ()
+    return columns[:-2] + extra + columns[-2:]
 
 
 def _several_nodes(run: RunRecord) -> bool:
@@ -147,9 +151,11 @@ def table_rows(run: RunRecord) -> list[list[str]]:
     on_front = {mark: {(r.model, r.variant) for r in pareto_front(run.results, x, y)} for x, y, mark in frontiers(run)}
     machine = machine_marks(run)
     nodes = _several_nodes(run)
+    tasks = task_columns(run)
     table = []
     for view in run.per_model():
         ref_ppl = reference_ppl(view)
+        ref_row = view.row(view.reference) if view.reference else None
         floor, _ = kld_noise_floor(view)
         for row in view.results:
             key = (row.model, row.variant)
@@ -171,6 +177,7 @@ def table_rows(run: RunRecord) -> list[list[str]]:
                 fmt_speed(row, "decode_tok_s"),
                 fmt_speed(row, "ttft_ms"),
                 fmt_fixed(row.metric("peak_rss_mb"), 0),
+                *(fmt_task_cell(row, ref_row, task, metric) for task, metric in tasks),
                 *([row.node.label if row.node is not None else ABSENT] if nodes else []),
                 row.status or ABSENT,
                 " ".join(marks),
@@ -182,8 +189,8 @@ def table_rows(run: RunRecord) -> list[list[str]]:
 def render_table(run: RunRecord, tablefmt: str = "simple") -> str:
     """The results table in any ``tabulate`` format ("simple", "github", "html", ...)."""
     colalign = (("left",) if run.multi_model else ()) + COLALIGN
-    if _several_nodes(run):
-        colalign = colalign[:-2] + ("left",) + colalign[-2:]
+    extra = ("right",) * len(task_columns(run)) + (("left",) if _several_nodes(run) else ())
+    colalign = colalign[:-2] + extra + colalign[-2:]
     return tabulate(table_rows(run), headers=headers(run), tablefmt=tablefmt, colalign=colalign,
                     disable_numparse=True)
 
@@ -203,7 +210,10 @@ def summary(run: RunRecord) -> dict[str, Any]:
 def _model_summary(run: RunRecord) -> dict[str, Any]:
     ref_ppl = reference_ppl(run)
     floor, floor_source = kld_noise_floor(run)
+    ref_row = run.row(run.reference) if run.reference else None
+    tasks = {r.variant: task_summary(r, ref_row) for r in run.results if r.tasks}
     return {
+        **({"tasks": tasks} if tasks else {}),
         "reference_ppl": ref_ppl,
         "delta_ppl_pct": {r.variant: delta_ppl_pct(r, ref_ppl) for r in run.results},
         "kld_noise_floor": floor,

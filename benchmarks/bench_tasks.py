@@ -1,0 +1,130 @@
+"""lm-eval's tasks through the harness against lm-eval's own hf backend: the same answers, and the wall time.
+
+On one local multiple-choice task (documents made up by ``tests/task_files.py``, 200 by default), in
+alternating rounds in this one process: the harness's torch-fp32 (``harness.measure.tasks`` over our
+torch backend) against lm-eval's ``hf`` backend on the same folder, and the harness's ort-fp32
+against lm-eval's ``onnxruntime-genai`` backend on that folder, each round loading its model and
+scoring every document. Prints the median wall times with their min-max, the ratio harness / lm-eval
+(goal: <= 1.0), whether the per-document answers are identical, and, with ``--runtimes``, the other
+fp32 variants through the harness once: their per-document agreement with the first variant (goal:
+>= 99 %) and accuracy, with its standard error.
+
+    python benchmarks/bench_tasks.py                        # 200 documents, 3 rounds, torch-fp32 and ort-fp32
+    python benchmarks/bench_tasks.py --variants torch-fp32 --runtimes --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import prepared_variants
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import task_files  # noqa: E402  the tests' task writer: the same made-up documents
+
+from harness.machine.environment import usable_cpus  # noqa: E402
+from harness.measure.tasks import TaskSpec, backend_lm, score_tasks, task_manager  # noqa: E402
+
+TASK = "harness_mc"
+
+
+def harness_round(variant, task: Path, threads: int) -> tuple[float, dict]:
+    from transformers import AutoTokenizer
+
+    from harness.backends import open_backend
+
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(prepared_variants()["torch-fp32"].path)
+    with open_backend(variant, threads=threads) as backend:
+        scores = score_tasks(backend_lm(backend, tokenizer), TaskSpec((str(task),), limit=None))[TASK]
+    return time.perf_counter() - start, scores
+
+
+# Our variant -> lm-eval's own backend for the same folder, and its arguments.
+LM_EVAL_BACKENDS = {
+    "torch-fp32": ("hf", lambda folder: {"pretrained": folder, "dtype": "float32"}),
+    "ort-fp32": ("onnxruntime-genai", lambda folder: {"pretrained": folder, "execution_provider": "cpu"}),
+}
+
+
+def lm_eval_round(variant, task: Path) -> tuple[float, dict]:
+    from lm_eval import evaluator
+
+    model, model_args = LM_EVAL_BACKENDS[variant.name]
+    start = time.perf_counter()
+    result = evaluator.simple_evaluate(
+        model=model, model_args=model_args(variant.path), device="cpu", batch_size=1,
+        tasks=[TASK], task_manager=task_manager([str(task)]), log_samples=True, bootstrap_iters=0)
+    seconds = time.perf_counter() - start
+    samples = sorted(result["samples"][TASK], key=lambda s: s["doc_id"])
+    return seconds, {"doc_ids": [s["doc_id"] for s in samples], "outcomes": {"acc": [s["acc"] for s in samples]},
+                     "metrics": {"acc": result["results"][TASK]["acc,none"]}}
+
+
+def spread(values: list[float]) -> str:
+    return f"{np.median(values):.1f} s (min {min(values):.1f}, max {max(values):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=200, help="documents of the multiple-choice task")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side")
+    parser.add_argument("--threads", type=int, default=len(usable_cpus()))
+    parser.add_argument("--variants", nargs="+", default=["torch-fp32", "ort-fp32"], choices=sorted(LM_EVAL_BACKENDS),
+                        help="variants to run beside lm-eval's own backend for their folder")
+    parser.add_argument("--runtimes", action="store_true",
+                        help="also score ort-fp32 and llamacpp-f32 once through the harness: agreement per document")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    import torch  # loaded before either side's clock starts
+
+    torch.set_num_threads(args.threads)
+    variants = prepared_variants()
+    task = task_files.multiple_choice(Path(tempfile.mkdtemp(prefix="bench-tasks-")), args.docs, name=TASK)
+    figures: dict = {"docs": args.docs, "threads": args.threads}
+    for name in args.variants:
+        figures[name] = against_lm_eval(variants[name], task, args.threads, args.rounds)
+    reference = figures[args.variants[0]]
+    for name in ("ort-fp32", "llamacpp-f32") if args.runtimes else ():
+        seconds, other = harness_round(variants[name], task, args.threads)
+        agree = float(np.mean(np.equal(other["outcomes"]["acc"], reference["outcomes"])))
+        figures[f"{name} (harness only)"] = {"seconds": seconds, "agreement": agree, "acc": other["metrics"]["acc"],
+                                             "acc_stderr": other["stderr"]["acc"]}
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"{args.docs} documents of a 4-choice task, {args.threads} threads, {args.rounds} alternating rounds")
+    for name in args.variants:
+        f = figures[name]
+        print(f"{name}: harness {spread(f['harness_s'])}; lm-eval {LM_EVAL_BACKENDS[name][0]} "
+              f"{spread(f['lm_eval_s'])}; ratio harness / lm-eval (medians) {f['ratio']:.2f} (goal <= 1.0); "
+              f"identical per-document answers: {f['identical_answers']}; acc {f['acc']:.3f} ± {f['acc_stderr']:.3f}")
+    for name in ("ort-fp32", "llamacpp-f32") if args.runtimes else ():
+        f = figures[f"{name} (harness only)"]
+        print(f"{name}: {f['seconds']:.1f} s, per-document agreement with {args.variants[0]} "
+              f"{f['agreement'] * 100:.1f} % (goal >= 99 %), acc {f['acc']:.3f} ± {f['acc_stderr']:.3f}")
+
+
+def against_lm_eval(variant, task: Path, threads: int, rounds: int) -> dict:
+    """Alternating rounds of the harness and lm-eval's own backend on one variant's folder."""
+    ours_s, theirs_s, ours, theirs = [], [], None, None
+    for _ in range(rounds):
+        seconds, ours = harness_round(variant, task, threads)
+        ours_s.append(seconds)
+        seconds, theirs = lm_eval_round(variant, task)
+        theirs_s.append(seconds)
+    same = ours["doc_ids"] == theirs["doc_ids"] and ours["outcomes"]["acc"] == theirs["outcomes"]["acc"]
+    return {"harness_s": ours_s, "lm_eval_s": theirs_s, "ratio": float(np.median(ours_s) / np.median(theirs_s)),
+            "identical_answers": same, "acc": ours["metrics"]["acc"], "acc_stderr": ours["stderr"]["acc"],
+            "lm_eval_acc": theirs["metrics"]["acc"], "outcomes": ours["outcomes"]["acc"]}
+
+
+if __name__ == "__main__":
+    main()

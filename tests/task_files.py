@@ -1,0 +1,103 @@
+"""Small local lm-eval tasks for the tests: YAML files over JSONL documents the test writes (no dataset hub).
+
+The documents are made up here (arithmetic and counting), so no third-party text is copied: a
+multiple-choice task, a loglikelihood task and a generate_until task, as lm-eval reads them through
+``dataset_path: json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen")
+
+
+def _write_jsonl(path: Path, docs: list[dict]) -> None:
+    path.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+
+
+def multiple_choice(folder: Path, docs: int = 40, seed: int = 0, name: str = "harness_mc") -> Path:
+    """``name``: which of four numbers is the sum of two small numbers (acc and acc_norm)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(docs):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        wrong = rng.sample([n for n in range(0, 19) if n != a + b], 3)
+        choices = [NUMBER_WORDS[n] for n in wrong]
+        answer = rng.randint(0, 3)
+        choices.insert(answer, NUMBER_WORDS[a + b])
+        rows.append({"question": f"What is {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}?", "choices": choices,
+                     "answer": answer})
+    return _task(folder, name, rows, """output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{answer}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+""")
+
+
+def loglikelihood(folder: Path, docs: int = 20, seed: int = 1, name: str = "harness_ll") -> Path:
+    """``name``: the next number word of a count (acc is lm-eval's is-greedy flag, perplexity its own)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(docs):
+        start = rng.randint(0, 12)
+        rows.append({"text": "Counting: " + ", ".join(NUMBER_WORDS[start:start + 4]) + ",",
+                     "target": " " + NUMBER_WORDS[start + 4]})
+    return _task(folder, name, rows, """output_type: loglikelihood
+doc_to_text: "{{text}}"
+doc_to_target: "{{target}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""")
+
+
+def generate_until(folder: Path, docs: int = 10, seed: int = 2, name: str = "harness_gen") -> Path:
+    """``name``: continue a count greedily until a comma or a newline (exact_match)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(docs):
+        start = rng.randint(0, 12)
+        rows.append({"text": "Counting: " + ", ".join(NUMBER_WORDS[start:start + 4]) + ",",
+                     "target": " " + NUMBER_WORDS[start + 4]})
+    return _task(folder, name, rows, """output_type: generate_until
+doc_to_text: "{{text}}"
+doc_to_target: "{{target}}"
+generation_kwargs:
+  until: [",", "\\n"]
+  max_gen_toks: 8
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""")
+
+
+def _task(folder: Path, name: str, rows: list[dict], body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{name}.jsonl"
+    _write_jsonl(data, rows)
+    path = folder / f"{name}.yaml"
+    path.write_text(f"""task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+{body}""")
+    return path
