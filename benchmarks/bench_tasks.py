@@ -34,13 +34,14 @@ from harness.measure.tasks import TaskSpec, backend_lm, score_tasks, task_manage
 TASK = "harness_mc"
 
 
-def harness_round(variant, task: Path, threads: int) -> tuple[float, dict]:
+def harness_round(variant, task: Path, threads: int, tokenizer_folder: str) -> tuple[float, dict]:
+    """What a variant's child does for --tasks: load the tokenizer and the model, score every document."""
     from transformers import AutoTokenizer
 
     from harness.backends import open_backend
 
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(prepared_variants()["torch-fp32"].path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     with open_backend(variant, threads=threads) as backend:
         scores = score_tasks(backend_lm(backend, tokenizer), TaskSpec((str(task),), limit=None))[TASK]
     return time.perf_counter() - start, scores
@@ -75,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=200, help="documents of the multiple-choice task")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each side")
-    parser.add_argument("--threads", type=int, default=len(usable_cpus()))
+    parser.add_argument("--threads", type=int, default=usable_cpus())
     parser.add_argument("--variants", nargs="+", default=["torch-fp32", "ort-fp32"], choices=sorted(LM_EVAL_BACKENDS),
                         help="variants to run beside lm-eval's own backend for their folder")
     parser.add_argument("--runtimes", action="store_true",
@@ -87,13 +88,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     variants = prepared_variants()
+    tokenizer_folder = variants["torch-fp32"].path  # the model's one transformers tokenizer, as compare hands it
     task = task_files.multiple_choice(Path(tempfile.mkdtemp(prefix="bench-tasks-")), args.docs, name=TASK)
     figures: dict = {"docs": args.docs, "threads": args.threads}
     for name in args.variants:
-        figures[name] = against_lm_eval(variants[name], task, args.threads, args.rounds)
+        figures[name] = against_lm_eval(variants[name], task, args.threads, args.rounds, tokenizer_folder)
     reference = figures[args.variants[0]]
     for name in ("ort-fp32", "llamacpp-f32") if args.runtimes else ():
-        seconds, other = harness_round(variants[name], task, args.threads)
+        seconds, other = harness_round(variants[name], task, args.threads, tokenizer_folder)
         agree = float(np.mean(np.equal(other["outcomes"]["acc"], reference["outcomes"])))
         figures[f"{name} (harness only)"] = {"seconds": seconds, "agreement": agree, "acc": other["metrics"]["acc"],
                                              "acc_stderr": other["stderr"]["acc"]}
@@ -112,11 +114,11 @@ def main() -> None:
               f"{f['agreement'] * 100:.1f} % (goal >= 99 %), acc {f['acc']:.3f} ± {f['acc_stderr']:.3f}")
 
 
-def against_lm_eval(variant, task: Path, threads: int, rounds: int) -> dict:
+def against_lm_eval(variant, task: Path, threads: int, rounds: int, tokenizer_folder: str) -> dict:
     """Alternating rounds of the harness and lm-eval's own backend on one variant's folder."""
     ours_s, theirs_s, ours, theirs = [], [], None, None
     for _ in range(rounds):
-        seconds, ours = harness_round(variant, task, threads)
+        seconds, ours = harness_round(variant, task, threads, tokenizer_folder)
         ours_s.append(seconds)
         seconds, theirs = lm_eval_round(variant, task)
         theirs_s.append(seconds)

@@ -23,8 +23,10 @@ TIMEOUT_S = 900  # one variant's child, before it counts as failed
 # the answer
 MAX_PPL_INCREASE_PCT = 5.0
 MAX_TASK_DROP = 1.0  # --rank-by: the drop from the reference a recommendation may accept (points for accuracies)
-# lm-eval's tasks (--tasks): documents per task, few-shot sampling seed, tokens of context + continuation
-TASK_LIMIT = 100  # documents per task: a multiple-choice task of 100 documents scores in about a minute per variant on 2 cores
+# lm-eval's tasks (--tasks). Documents per task: minutes for every variant on 2 cores (a local 200-document
+# four-choice task took 8 s per variant with its load, torch-fp32, benchmarks/bench_tasks.py; a task given by
+# name adds about 10 s per variant for lm-eval to index its catalogue).
+TASK_LIMIT = 100
 TASK_SEED = 1234  # lm-eval's own default seed, for the documents' few-shot examples
 TASK_MAX_LENGTH = 2048
 TASK_MAX_GEN_TOKS = 256  # a generate_until task's max_gen_toks when it gives none (lm-eval's default)

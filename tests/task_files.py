@@ -45,15 +45,17 @@ metric_list:
 """)
 
 
+def _counting(docs: int, seed: int) -> list[dict]:
+    """Counts of four number words, each with the word that comes next."""
+    rng = random.Random(seed)
+    starts = [rng.randint(0, 12) for _ in range(docs)]
+    return [{"text": "Counting: " + ", ".join(NUMBER_WORDS[s:s + 4]) + ",", "target": " " + NUMBER_WORDS[s + 4]}
+            for s in starts]
+
+
 def loglikelihood(folder: Path, docs: int = 20, seed: int = 1, name: str = "harness_ll") -> Path:
     """``name``: the next number word of a count (acc is lm-eval's is-greedy flag, perplexity its own)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(docs):
-        start = rng.randint(0, 12)
-        rows.append({"text": "Counting: " + ", ".join(NUMBER_WORDS[start:start + 4]) + ",",
-                     "target": " " + NUMBER_WORDS[start + 4]})
-    return _task(folder, name, rows, """output_type: loglikelihood
+    return _task(folder, name, _counting(docs, seed), """output_type: loglikelihood
 doc_to_text: "{{text}}"
 doc_to_target: "{{target}}"
 metric_list:
@@ -68,13 +70,7 @@ metric_list:
 
 def generate_until(folder: Path, docs: int = 10, seed: int = 2, name: str = "harness_gen") -> Path:
     """``name``: continue a count greedily until a comma or a newline (exact_match)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(docs):
-        start = rng.randint(0, 12)
-        rows.append({"text": "Counting: " + ", ".join(NUMBER_WORDS[start:start + 4]) + ",",
-                     "target": " " + NUMBER_WORDS[start + 4]})
-    return _task(folder, name, rows, """output_type: generate_until
+    return _task(folder, name, _counting(docs, seed), """output_type: generate_until
 doc_to_text: "{{text}}"
 doc_to_target: "{{target}}"
 generation_kwargs:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -79,12 +79,16 @@ def check_tasks(spec: TaskSpec) -> None:
 
 
 def task_manager(tasks: Sequence[str]):
-    """lm-eval's TaskManager, told about the task YAML files and folders among ``tasks``."""
+    """lm-eval's TaskManager, told about the task YAML files and folders among ``tasks``.
+
+    lm-eval's own catalogue (thousands of YAML files, about 10 s to index on 2 cores) is read only
+    when a task is given by name.
+    """
     from lm_eval.tasks import TaskManager
 
     paths = sorted({str(Path(t).resolve() if Path(t).is_dir() else Path(t).resolve().parent)
                     for t in tasks if _is_path(t)})
-    return TaskManager(include_path=paths or None)
+    return TaskManager(include_path=paths or None, include_defaults=not all(_is_path(t) for t in tasks))
 
 
 def task_names(tasks: Sequence[str]) -> list[str]:
@@ -134,27 +138,33 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
             return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-            out = []
-            for _, context_enc, continuation_enc in requests:
-                out.append(self._score(context_enc, continuation_enc))
-                self._cache_hook(requests, out)
+            # The last token of a request is only a target: requests whose other tokens are the same (the
+            # one-token choices of a document, or documents with one context) share one forward pass, as
+            # lm-eval's own hf model groups them.
+            sequences = [self._sequence(context_enc, continuation_enc) for _, context_enc, continuation_enc in requests]
+            shared: dict[tuple, list[int]] = {}
+            for i, (ids, start) in enumerate(sequences):
+                shared.setdefault((tuple(ids[:-1]), start), []).append(i)
+            out: list[tuple[float, bool] | None] = [None] * len(requests)
+            for members in shared.values():
+                ids, start = sequences[members[0]]
+                blocks = (block.logits for block in self.backend.logit_blocks(ids, start))
+                blocks = list(blocks) if len(members) > 1 else blocks  # kept only while they are shared
+                for i in members:
+                    out[i] = _scored(blocks, sequences[i][0][sequences[i][1] + 1:])
+                    (context, continuation), _, _ = requests[i]
+                    self.cache_hook.add_partial("loglikelihood", (context, continuation), out[i])
             return out
 
-        def _cache_hook(self, requests, out) -> None:
-            (context, continuation), _, _ = requests[len(out) - 1]
-            self.cache_hook.add_partial("loglikelihood", (context, continuation), out[-1])
+        def _sequence(self, context_enc: Sequence[int], continuation_enc: Sequence[int]) -> tuple[list[int], int]:
+            """The ids a request scores and the position of its first scored logit; the context loses its start
+            beyond ``max_length``, as lm-eval's hf model truncates it."""
+            ids = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1):]
+            return ids, len(ids) - len(continuation_enc) - 1
 
         def _score(self, context_enc: Sequence[int], continuation_enc: Sequence[int]) -> tuple[float, bool]:
-            """Sum of the continuation's log-probabilities, and whether each of its tokens is the argmax."""
-            ids = list(context_enc) + list(continuation_enc)
-            ids = ids[-(self.max_length + 1):]  # the context loses its start, as lm-eval's hf model does
-            start = len(ids) - len(continuation_enc) - 1
-            logprob, greedy = 0.0, True
-            for block in self.backend.logit_blocks(ids, start):
-                logits = np.asarray(to_host(block.logits))
-                logprob -= float(np.sum(token_nll(block.logits, block.targets), dtype=np.float64))
-                greedy = greedy and bool(np.all(np.argmax(logits, axis=1) == block.targets))
-            return logprob, greedy
+            ids, start = self._sequence(context_enc, continuation_enc)
+            return _scored((block.logits for block in self.backend.logit_blocks(ids, start)), ids[start + 1:])
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
             from lm_eval import utils
@@ -183,6 +193,18 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
             return out
 
     return BackendLM()
+
+
+def _scored(blocks: Iterable, targets: Sequence[int]) -> tuple[float, bool]:
+    """Sum of the targets' log-probabilities under the logit blocks, and whether each target is the argmax."""
+    targets = np.asarray(targets, dtype=np.int64)
+    logprob, greedy, row = 0.0, True, 0
+    for logits in blocks:
+        block_targets = targets[row:row + logits.shape[0]]
+        logprob -= float(np.sum(token_nll(logits, block_targets), dtype=np.float64))
+        greedy = greedy and bool(np.all(np.argmax(np.asarray(to_host(logits)), axis=1) == block_targets))
+        row += logits.shape[0]
+    return logprob, greedy
 
 
 def _cut_at_stops(text: str, stops: Sequence[str]) -> str:
