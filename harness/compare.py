@@ -75,16 +75,7 @@ def run_compare(config: CompareConfig) -> int:
     else:
         check_cuda_device(config.device)  # a GPU this machine lacks stops the run here, before anything is built
     inputs = _resolve_inputs(config)
-    if config.tasks:  # every task and its documents load here, before anything is built
-        from harness.measure.tasks import check_tasks
-
-        check_tasks(_task_spec(config))
     models, text_bytes = _prepare_models(config, inputs)
-    for model in models if config.tasks else ():
-        if _hf_dir(model.prepared) is None:
-            raise UserError("lm-eval's tasks are tokenized by the model's transformers tokenizer, and this model has "
-                            "no torch-fp32 copy to take it from; compare it without --tasks", setting="model",
-                            value=model.name)
     out_dir, run_id = _out_dir_and_run_id(config)  # only once every input has been checked
 
     with tempfile.TemporaryDirectory(prefix="harness-reference-") as record_root:
@@ -135,6 +126,10 @@ def _resolve_inputs(config: CompareConfig) -> _Inputs:
                             setting="model", value=given or source.name)
         seen[source.sha256] = given or source.name
     corpus = load_corpus(text=config.text, dataset=config.dataset, text_field=config.text_field)
+    if config.tasks:  # every task loads here, its documents included
+        from harness.measure.tasks import check_tasks
+
+        check_tasks(_task_spec(config))
     return _Inputs(sources, corpus, store.check(config.store))
 
 
@@ -179,6 +174,10 @@ def _prepare(config: CompareConfig, source: Source) -> tuple[PrepareResult, list
         if config.reference and config.reference in unknown and config.reference not in (config.variants or ()):
             raise UserError(exc.problem + " or none", setting="reference", value=config.reference) from None
         raise
+    if config.tasks and _hf_dir(result) is None:
+        raise UserError("lm-eval's tasks are tokenized by the model's transformers tokenizer, and this model has no "
+                        "torch-fp32 copy to take it from; compare it without --tasks", setting="model",
+                        value=source.name)
     return result, names
 
 

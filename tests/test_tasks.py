@@ -249,3 +249,15 @@ def test_diff_pairs_two_runs_task_scores_by_document(task_run):
     assert (change.paired.only_reference, change.paired.only_variant) == flips and sum(flips) == 3
     assert change.paired.mcnemar_p == pytest.approx(binomtest(min(flips), 3, 0.5).pvalue)
     assert "llamacpp-q2_k: harness_mc acc " in report.render_diff(store.diff(run_a, run_b))
+
+
+def test_task_yaml_names_are_read_past_lm_evals_own_tags_and_a_folders_templates(tmp_path):
+    from harness.measure.tasks import task_names
+
+    (tmp_path / "mine.yaml").write_text("task: mine\nprocess_docs: !function utils.process_docs\ndataset_path: json\n")
+    (tmp_path / "_template.yaml").write_text("dataset_path: json\noutput_type: multiple_choice\n")  # included by others
+    (tmp_path / "group.yaml").write_text("group: my_group\ntask:\n  - mine\n")
+    assert task_names([str(tmp_path)]) == ["my_group", "mine"]
+    assert task_names([str(tmp_path / "mine.yaml"), "hellaswag"]) == ["mine", "hellaswag"]
+    with pytest.raises(ValueError, match="defines no task or group"):
+        task_names([str(tmp_path / "_template.yaml")])

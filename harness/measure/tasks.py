@@ -92,18 +92,34 @@ def task_manager(tasks: Sequence[str]):
 
 
 def task_names(tasks: Sequence[str]) -> list[str]:
-    """lm-eval's names for ``tasks``: a YAML file stands for the task it defines."""
-    import yaml
-
+    """lm-eval's names for ``tasks``: a YAML file stands for the task (or group) it defines, a folder for those of
+    its YAML files that define one (templates they include define none)."""
     names = []
     for task in tasks:
         if _is_path(task) and Path(task).is_file():
-            names.append(yaml.safe_load(Path(task).read_text())["task"])
+            name = _yaml_task_name(Path(task))
+            if name is None:
+                raise ValueError(f"{task} defines no task or group (no `task:` or `group:` key)")
+            names.append(name)
         elif _is_path(task):
-            names += [yaml.safe_load(p.read_text())["task"] for p in sorted(Path(task).glob("*.yaml"))]
+            names += [name for p in sorted(Path(task).glob("*.y*ml")) if (name := _yaml_task_name(p)) is not None]
         else:
             names.append(task)
     return names
+
+
+def _yaml_task_name(path: Path) -> str | None:
+    """The ``task`` (or, for a group's YAML, the ``group``) a task YAML names; lm-eval's own tags
+    (``!function utils.process_docs``) are read as nothing, since only the name is needed here."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    config = yaml.load(path.read_text(), Loader=Loader) or {}
+    name = config.get("task") if isinstance(config.get("task"), str) else config.get("group")
+    return name if isinstance(name, str) else None
 
 
 def _is_path(task: str) -> bool:
@@ -115,7 +131,7 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
     from lm_eval.api.model import TemplateLM
 
     class BackendLM(TemplateLM):
-        """lm-eval's model interface on a harness ``Backend`` (greedy; one request at a time)."""
+        """lm-eval's model interface on a harness ``Backend``: greedy, one sequence per forward pass."""
 
         def __init__(self) -> None:
             super().__init__()
