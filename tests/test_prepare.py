@@ -274,6 +274,11 @@ def test_a_runtime_that_cannot_take_the_model_makes_its_variants_unavailable(tmp
     assert result.unavailable == {"torch-fp32": "no such arch", "torch-bf16": made_from, "ort-int4": made_from}
     assert result.skipped == {} and result.built == ["llamacpp-f32"]
     assert not list((tmp_path / "c").rglob(".tmp-*"))
+    # Without a transformers copy the GGUF's own vocabulary is the tokenizer, and speed prompts draw from it.
+    from harness.text.tokenizer import speed_token_pool
+
+    f32 = result.variants["llamacpp-f32"]
+    assert f32.tokenizer_path == f32.path and f32.path.endswith(".gguf") and len(speed_token_pool(f32.tokenizer_path))
 
 
 @pytest.mark.parametrize("last_line, unavailable", [

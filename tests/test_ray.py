@@ -264,7 +264,8 @@ def _node_id(node) -> str:
 def test_a_record_survives_its_trip_between_nodes(tmp_path):
     """The reference's record, read on its node and written on another, is what a local child would open."""
     from harness.backends.base import LogitBlock
-    from harness.measure.reference_record import LogitRecorder, RecordedReference
+    from harness.measure.reference_record import RECORD_FILES, LogitRecorder, RecordedReference
+    from harness.run.local import VariantJob
     from harness.run.on_ray import _read_record, _write_record
     from harness.text.protocols import Window
 
@@ -277,10 +278,14 @@ def test_a_record_survives_its_trip_between_nodes(tmp_path):
         for block in logits:
             list(recorder.tee([LogitBlock(0, block, np.zeros(len(block), np.int64))]))
         recorder.finish([[1, 2], [3]])
-    _write_record(_read_record(str(made)), moved)
+    def job(folder):  # what compare hands the runner: the record's folder and its files, in the order written
+        return VariantJob("v", "fake", "fp32", print, record_dir=str(folder), writes_record=True,
+                          record_files=RECORD_FILES)
+
+    _write_record(_read_record(job(made)), moved, RECORD_FILES)
     reread = RecordedReference.open_if_complete(moved, windows)
     assert reread is not None and reread.continuations == [[1, 2], [3]]
     for index, expected in enumerate(logits):
         got = np.concatenate([block.logits for block in reread.window_blocks(index, 2)])
         np.testing.assert_array_equal(got, expected)
-    assert _read_record(str(tmp_path)) is None  # no finished record: the variants run the reference live
+    assert _read_record(job(tmp_path)) is None  # no finished record: the variants run the reference live

@@ -328,8 +328,9 @@ def _manifest(spec, source, model_dir: Path, tmp: Path, weights: list[Path], don
         n_params = pytorch.parameter_count(tmp)
     else:  # transformers cannot read this model: count the GGUF's own tensors
         n_params = sum(int(t.n_elements) for t in llamacpp.read_gguf(weights[0]).tensors)
-    # Without a transformers copy: a directory source's own tokenizer, else the GGUF's (llama.cpp reads it).
-    tokenizer = Path(base.path) if base else source.path if source.kind == "hf" else final
+    # Without a transformers copy: a directory source's own tokenizer, else the variant's own files (the GGUF,
+    # whose vocabulary llama.cpp reads; torch-fp32's folder, where transformers saved its tokenizer).
+    tokenizer = Path(base.path) if base else source.path if source.kind == "hf" else path
     return Variant(
         name=spec.name,
         runtime=spec.runtime,

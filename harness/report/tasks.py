@@ -116,7 +116,7 @@ def task_lines(row: VariantRow, reference: VariantRow | None) -> list[str]:
                 text += (f"; against the reference {paired.delta * scale:+.2f}{points}, 95 % "
                          f"[{paired.ci[0] * scale:+.2f}, {paired.ci[1] * scale:+.2f}]")
                 if paired.mcnemar_p is not None:
-                    text += (f", McNemar p {paired.mcnemar_p:.3g} ({paired.only_reference} documents right only on "
-                             f"the reference, {paired.only_variant} only on this variant)")
+                    text += (f", McNemar p {paired.mcnemar_p:.3g} (right only on the reference: "
+                             f"{paired.only_reference} documents, only on this variant: {paired.only_variant})")
             lines.append(text)
     return lines
