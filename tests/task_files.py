@@ -1,8 +1,8 @@
 """Small local lm-eval tasks for the tests: YAML files over JSONL documents the test writes (no dataset hub).
 
 The documents are made up here (arithmetic and counting), so no third-party text is copied: a
-multiple-choice task, a loglikelihood task and a generate_until task, as lm-eval reads them through
-``dataset_path: json``.
+multiple-choice task, a loglikelihood task, a generate_until task and a loglikelihood_rolling task, as
+lm-eval reads them through ``dataset_path: json``.
 """
 
 from __future__ import annotations
@@ -81,6 +81,21 @@ metric_list:
   - metric: exact_match
     aggregation: mean
     higher_is_better: true
+""")
+
+
+def rolling(folder: Path, docs: int = 4, seed: int = 3, name: str = "harness_rolling") -> Path:
+    """``name``: whole counting texts scored token by token (loglikelihood_rolling: word/byte perplexity)."""
+    rng = random.Random(seed)
+    rows = [{"text": ", ".join(NUMBER_WORDS[s:s + rng.randint(4, 8)]) + "."} for s in
+            (rng.randint(0, 10) for _ in range(docs))]
+    return _task(folder, name, rows, """output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{text}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
 """)
 
 

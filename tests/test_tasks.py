@@ -22,7 +22,7 @@ from harness import backends
 from harness.errors import UserError
 from harness.measure.tasks import TaskSpec, backend_lm, check_tasks, score_tasks
 
-MC_DOCS, LL_DOCS, GEN_DOCS = 24, 12, 6
+MC_DOCS, LL_DOCS, GEN_DOCS, ROLLING_DOCS = 24, 12, 6, 4
 RANK_DROP = 20  # points: wide enough that the 24-document interval of a quantized variant may fit
 LOGLIKELIHOOD_ATOL = 2e-3  # summed over a few tokens; fp32 torch in two code paths (ours, lm-eval's batching)
 # Another runtime's fp32 kernels: llama.cpp's F32 CPU path differs from torch by up to about 1e-3 per token on
@@ -36,7 +36,8 @@ def tasks(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tasks")
     return {"harness_mc": task_files.multiple_choice(folder, MC_DOCS),
             "harness_ll": task_files.loglikelihood(folder, LL_DOCS),
-            "harness_gen": task_files.generate_until(folder, GEN_DOCS)}
+            "harness_gen": task_files.generate_until(folder, GEN_DOCS),
+            "harness_rolling": task_files.rolling(folder, ROLLING_DOCS)}
 
 
 def ours(variant, tasks: dict[str, Path], tokenizer, names=None) -> dict:
@@ -105,6 +106,23 @@ def test_generate_until_answers_equal_lm_evals_hf_backend(torch_scores, lm_eval_
     theirs = [lm_eval_hf["harness_gen"][d] for d in mine["doc_ids"]]
     assert mine["outcomes"]["exact_match"] == [s["exact_match"] for s in theirs]
     assert mine["metrics"]["exact_match"] == pytest.approx(np.mean([s["exact_match"] for s in theirs]))
+
+
+def test_rolling_perplexities_equal_lm_evals_hf_backend(torch_scores, lm_eval_hf):
+    # loglikelihood_rolling: whole texts, token by token. lm-eval keeps each document's (log-likelihood, words)
+    # and (log-likelihood, bytes); the task's figures aggregate them over the documents.
+    mine = torch_scores["harness_rolling"]
+    theirs = list(lm_eval_hf["harness_rolling"].values())
+    assert mine["docs"] == len(theirs) == ROLLING_DOCS
+
+    def aggregate(key: str) -> tuple[float, float]:
+        return sum(s[key][0] for s in theirs), sum(s[key][1] for s in theirs)
+
+    loglik, words = aggregate("word_perplexity")
+    assert mine["metrics"]["word_perplexity"] == pytest.approx(np.exp(-loglik / words), rel=1e-4)
+    loglik, n_bytes = aggregate("byte_perplexity")
+    assert mine["metrics"]["byte_perplexity"] == pytest.approx(np.exp(-loglik / n_bytes), rel=1e-4)
+    assert mine["metrics"]["bits_per_byte"] == pytest.approx(-loglik / n_bytes / np.log(2), rel=1e-4)
 
 
 def test_fp32_variants_of_the_three_runtimes_agree_document_by_document(prepared, tasks, tokenizer, torch_scores):
