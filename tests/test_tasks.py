@@ -9,6 +9,7 @@ typed in.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -279,3 +280,19 @@ def test_task_yaml_names_are_read_past_lm_evals_own_tags_and_a_folders_templates
     assert task_names([str(tmp_path / "mine.yaml"), "hellaswag"]) == ["mine", "hellaswag"]
     with pytest.raises(ValueError, match="defines no task or group"):
         task_names([str(tmp_path / "_template.yaml")])
+
+
+def test_a_hub_dataset_out_of_reach_is_one_line_naming_it(tmp_path):
+    # A task whose documents live on the Hugging Face hub, with the hub out of reach (no network here; the hub
+    # client is left online, so it tries and retries, logging as it goes): one line of ours, naming the dataset.
+    task = tmp_path / "hub_task.yaml"
+    task.write_text("task: hub_task\ndataset_path: harness-tests/no-such-dataset\ntest_split: test\n"
+                    "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: [a, b]\ndoc_to_target: 0\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    proc = subprocess.run([sys.executable, "-m", "harness", "compare", "--variants", "llamacpp-q8_0", "--tasks",
+                           str(task), "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: --tasks hub_task: its documents could not be loaded")
+    assert "harness-tests/no-such-dataset" in lines[0]

@@ -12,6 +12,8 @@ lm-eval is an optional extra (``pip install -e '.[tasks]'``); nothing here impor
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +73,35 @@ def check_tasks(spec: TaskSpec) -> None:
 
     for name in names:
         try:
-            get_task_dict([name], manager)  # loads the documents: offline, a hub dataset fails here
+            with _quiet_loading():
+                get_task_dict([name], manager)  # loads the documents: offline, a hub dataset fails here
         except Exception as exc:
             raise UserError(f"its documents could not be loaded ({one_line(exc)}); point the task YAML's "
                             "dataset_path/data_files at a local file, or run once online to fill the datasets cache",
                             setting="tasks", value=name) from None
+
+
+# The libraries that log while a task's documents load: the hub client's retries ("Retrying in 8s"), datasets.
+_LOADING_LOGGERS = ("huggingface_hub", "datasets", "lm_eval", "fsspec", "filelock")
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Documents loading with the libraries' warnings and progress bars held back: a failure is one line of ours."""
+    import datasets
+
+    levels = {name: logging.getLogger(name).level for name in _LOADING_LOGGERS}
+    bars = datasets.is_progress_bar_enabled()
+    try:
+        for name in _LOADING_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        datasets.disable_progress_bars()
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def task_manager(tasks: Sequence[str]):
