@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from harness import report
-from harness.report import html as report_html_module
+from harness.report import html as html_page
 from harness.report.html import FRONTIER_COLOUR, OTHER_COLOUR, RUNTIME_COLOURS
 from harness.results import RunRecord, VariantRow, json_safe
 
@@ -97,8 +97,8 @@ def _errors(rows: list[VariantRow], key: str, ref_ppl: float | None):
     """Matplotlib's ``[[below...], [above...]]`` from each row's interval (0 without one), or None if none has one."""
     below, above = [], []
     for row in rows:
-        value = report_html_module.metric_value(row, key, ref_ppl)
-        interval = report_html_module.metric_interval(row, key, ref_ppl)
+        value = html_page.metric_value(row, key, ref_ppl)
+        interval = html_page.metric_interval(row, key, ref_ppl)
         below.append(max(value - interval[0], 0.0) if interval else 0.0)
         above.append(max(interval[1] - value, 0.0) if interval else 0.0)
     return [below, above] if any(below) or any(above) else None
@@ -233,7 +233,7 @@ def tradeoff_png(run: RunRecord) -> bytes:
 
 def report_html(run: RunRecord, png: bytes) -> str:
     """The interactive page (``harness.report.html``)."""
-    return report_html_module.report_html(run, png)
+    return html_page.report_html(run, png)
 
 
 def write_report(run: RunRecord, out_dir: str | os.PathLike) -> dict[str, Path]:
