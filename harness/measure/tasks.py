@@ -226,9 +226,9 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
                 kwargs = dict(gen_kwargs)
                 stops = kwargs.get("until") or []
                 stops = [stops] if isinstance(stops, str) else list(stops)
-                stops.append(self.tok_decode([self.eot_token_id]) or "<|endoftext|>")
                 max_new = int(kwargs.get("max_gen_toks", defaults.TASK_MAX_GEN_TOKS))
-                prompt = self.tok_encode(context)[-(self.max_length - max_new):]
+                # the backend stops after end-of-text, which decoding drops; the context keeps its end
+                prompt = self.tok_encode(context)[-max(1, self.max_length - max_new):]
                 text = self.tok_decode(self.backend.generate(prompt, max_new).token_ids)
                 out.append(_cut_at_stops(text, stops))
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), out[-1])
