@@ -60,6 +60,26 @@ class Generation:
         return np.diff(np.asarray(self.token_times_s))
 
 
+@dataclass(frozen=True)
+class BatchGeneration:
+    """Greedy continuations of several sequences decoded together, with one clock stamp per step.
+
+    Step ``k`` produced token ``k`` of every sequence at once: ``token_ids[:, k]``.
+    """
+
+    token_ids: np.ndarray  # (sequences, steps) int64
+    start_s: float  # clock read just before the prompts were submitted
+    step_times_s: list[float]  # clock read after each step's tokens were available
+
+    @property
+    def ttft_s(self) -> float:
+        return self.step_times_s[0] - self.start_s if self.step_times_s else float("nan")
+
+    @property
+    def inter_token_s(self) -> np.ndarray:
+        return np.diff(np.asarray(self.step_times_s))
+
+
 class Backend(abc.ABC):
     """A loaded variant in its runtime. Use as a context manager.
 
@@ -185,6 +205,55 @@ class Backend(abc.ABC):
         start = time.perf_counter()
         tokens = self._generate(ids, max_new_tokens, stamps)
         return Generation(list(tokens), start, stamps)
+
+    # ---- several sequences at once, on top of a filled cache (an operating point) ---------------
+    def _start_batch(self, depth_ids: np.ndarray, room: int) -> None:
+        """Make a cache for ``len(depth_ids)`` sequences of ``depth + room`` tokens each, and fill it with
+        ``depth_ids`` (sequences, depth), one row per sequence; depth may be 0."""
+        raise NotImplementedError(f"the {self.runtime or type(self).__name__} backend decodes no batches")
+
+    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float]) -> np.ndarray:
+        """Prefill ``prompt_ids`` (sequences, P) on top of the filled depth, all sequences in the same
+        forward passes, then decode ``steps`` greedy tokens per sequence, one step for all sequences at
+        once; append ``time.perf_counter()`` to ``stamp`` per step; return the (sequences, steps) tokens.
+
+        EOS does not stop a sequence (a fixed length, as llama-batched-bench's). Afterwards the cache
+        holds the depth again, so the next call starts from it.
+        """
+        raise NotImplementedError(f"the {self.runtime or type(self).__name__} backend decodes no batches")
+
+    def kv_cache_bytes(self) -> int | None:
+        """The most bytes the KV cache held at the end of a ``generate_batch`` since ``start_batch``, where
+        the runtime says; None where it does not."""
+        return getattr(self, "_kv_bytes", None)
+
+    def start_batch(self, depth_ids: np.ndarray, room: int) -> None:
+        """Fill a cache of ``len(depth_ids)`` sequences with their ``depth_ids`` rows, untimed, as
+        llama-bench's ``-d`` does; ``generate_batch`` then runs on top of it, as often as wanted,
+        each call of at most ``room`` prompt and generated tokens per sequence."""
+        ids = np.ascontiguousarray(depth_ids, dtype=np.int64)
+        if ids.ndim != 2 or len(ids) < 1 or room < 1:
+            raise ValueError(f"depth_ids must be (sequences >= 1, depth), got shape {ids.shape}; room={room} >= 1")
+        self._batch_shape = ids.shape
+        self._batch_room = room
+        self._kv_bytes = None
+        self._start_batch(ids, room)
+
+    def generate_batch(self, prompt_ids: np.ndarray, steps: int) -> BatchGeneration:
+        """Greedy continuation of each row of ``prompt_ids``, on top of the cache ``start_batch`` filled."""
+        ids = np.ascontiguousarray(prompt_ids, dtype=np.int64)
+        shape = getattr(self, "_batch_shape", None)
+        if shape is None:
+            raise RuntimeError(f"{self.variant.name}: call start_batch() before generate_batch()")
+        if ids.ndim != 2 or ids.shape[0] != shape[0] or ids.shape[1] < 1 or steps < 1:
+            raise ValueError(f"prompt_ids must be ({shape[0]}, >= 1) and steps >= 1, got {ids.shape} and {steps}")
+        if ids.shape[1] + steps > self._batch_room:
+            raise ValueError(f"{ids.shape[1]} prompt + {steps} generated tokens exceed the room of {self._batch_room}")
+        stamps: list[float] = []
+        self.synchronize()
+        start = time.perf_counter()
+        tokens = self._generate_batch(ids, steps, stamps)
+        return BatchGeneration(np.asarray(tokens, dtype=np.int64).reshape(shape[0], -1), start, stamps)
 
 
 def _checked_settings(backend: type, settings: Any) -> Any:

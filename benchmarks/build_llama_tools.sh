@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama-bench and llama-perplexity from the llama.cpp sources that ship inside the
+# Build llama-bench, llama-batched-bench and llama-perplexity from the llama.cpp sources that ship inside the
 # llama-cpp-python sdist of the installed version, outside the repository, so the
 # benchmark compares the harness with llama.cpp's own tools on the very same code.
 #
@@ -10,7 +10,7 @@
 # llama-cpp-python was built without AMX (its system info lacks "AMX_INT8 = 1") on a
 # CPU that has it, AMX is switched off here too (-mno-amx-*, which GCC applies over
 # -march=native), or llama-bench's prefill would use int8 tiles the harness cannot.
-# Prints the directory holding the two binaries on its last line.
+# Prints the directory holding the three binaries on its last line.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python}
@@ -26,7 +26,7 @@ if grep -q amx_int8 /proc/cpuinfo 2>/dev/null && [[ "$SYSTEM_INFO" != *"AMX_INT8
 fi
 
 FLAGS=$(printf 'installed library: %s\nCFLAGS=%s\nCXXFLAGS=%s\n' "$SYSTEM_INFO" "${CFLAGS:-}" "${CXXFLAGS:-}")
-if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-perplexity" && "$(cat "$DEST/build-flags.txt" 2>/dev/null)" == "$FLAGS" ]]; then
+if [[ -x "$BIN/llama-bench" && -x "$BIN/llama-batched-bench" && -x "$BIN/llama-perplexity" && "$(cat "$DEST/build-flags.txt" 2>/dev/null)" == "$FLAGS" ]]; then
     echo "$BIN"  # already built with these flags
     exit 0
 fi
@@ -47,7 +47,7 @@ cp -a "$SRC" "$DEST/src"
 cmake -S "$DEST/src" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DBUILD_SHARED_LIBS=OFF >"$DEST/cmake-configure.log"
-cmake --build "$DEST/build" --target llama-bench llama-perplexity -j "$JOBS" >"$DEST/cmake-build.log"
+cmake --build "$DEST/build" --target llama-bench llama-batched-bench llama-perplexity -j "$JOBS" >"$DEST/cmake-build.log"
 
 "$BIN/llama-bench" --help >/dev/null
 printf '%s\n' "$FLAGS" >"$DEST/build-flags.txt"

@@ -24,6 +24,7 @@ from harness.errors import UserError, flag_name
 GROUP_TITLES = {
     "text": "text scored for accuracy",
     "speed": "speed",
+    "sweep": "operating points (speed at each; see docs/commands.md#sweep)",
     "tasks": "lm-evaluation-harness tasks (accuracy on them, paired with the reference by document)",
     "answer": "the answer",
     "output": "output",

@@ -10,7 +10,7 @@ import secrets
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,6 +56,7 @@ class _Model:
     tokenizer: ModelTokenizer
     text: TokenizedText
     windows: tuple[Window, ...]
+    kv_settings: dict = field(default_factory=dict)  # --sweep's llama.cpp KV-type rows -> their settings
 
     @property
     def tokens_scored(self) -> int:
@@ -76,19 +77,27 @@ def run_compare(config: CompareConfig) -> int:
         check_cuda_device(config.device)  # a GPU this machine lacks stops the run here, before anything is built
     inputs = _resolve_inputs(config)
     models, text_bytes = _prepare_models(config, inputs)
+    points = _points(config, models)
     out_dir, run_id = _out_dir_and_run_id(config)  # only once every input has been checked
 
     with tempfile.TemporaryDirectory(prefix="harness-reference-") as record_root:
-        jobs = []
+        jobs, point_jobs = [], []
         for model in models:
             record_dir = Path(record_root, model.name)
             record_dir.mkdir()
-            jobs += _jobs(model, _measure_inputs(config, model), str(record_dir), out_dir, len(models) > 1)
+            measure_inputs = _measure_inputs(config, model)
+            jobs += _jobs(model, measure_inputs, str(record_dir), out_dir, len(models) > 1)
+            point_jobs += _point_jobs(model, measure_inputs, points, out_dir, len(models) > 1)
             print(f"{model.name}: scoring {model.tokens_scored} tokens of {model.text.corpus_name} "
                   f"({len(model.windows)} windows of {config.ctx}, {config.protocol}) per variant; "
                   f"reference {model.reference.name if model.reference else 'none'}", file=sys.stderr)
-        by_key = {(row.model, row.variant): row for row in _measure(jobs, out_dir, config)}
-    rows = [by_key[model.name, v.name] for model in models for v in model.variants]  # catalogue order
+        by_key = {row.key: row for row in _measure(jobs, out_dir, config)}
+        if point_jobs:
+            _print_sweep_size(point_jobs, by_key, config)
+            point_rows = _measure(point_jobs, out_dir, config, resume=True)  # after the variants' own rows
+        else:
+            point_rows = []
+    rows = [by_key[model.name, v.name, None] for model in models for v in model.variants]  # catalogue order
     rows += [row for model in models for row in _not_built_rows(model)]
 
     run = RunRecord(
@@ -100,9 +109,10 @@ def run_compare(config: CompareConfig) -> int:
         settings=_run_settings(config),
         wall_s=round(time.perf_counter() - started, 1),
         results=tuple(rows),
+        points=tuple(point_rows),
     )
     _deliver(run, out_dir, inputs.store_path, config.json)
-    return 0 if all(row.ok for row in run.results) else 1
+    return 0 if all(row.ok for row in run.results + run.points) else 1
 
 
 def _resolved(config: CompareConfig) -> CompareConfig:
@@ -206,7 +216,39 @@ def _model(config: CompareConfig, name: str, source: Source, prepared: tuple[Pre
     result, names = prepared
     variants = tuple(v for v in result.variants.values() if names is None or v.name in names)
     reference = choose_reference(config.reference, variants, config.device)
-    return _Model(name, source, result, variants, reference, tokenizer, text, tuple(windows))
+    variants, kv_settings = _with_kv_variants(config, variants)
+    return _Model(name, source, result, variants, reference, tokenizer, text, tuple(windows), kv_settings)
+
+
+def _with_kv_variants(config: CompareConfig, variants: tuple[Variant, ...]):
+    """The variants, each llama.cpp one followed by one row per other KV-cache type ``--sweep`` gives, and
+    the settings of those rows by name."""
+    from harness.sweep import kv_variant_name
+
+    combinations = config.sweep_axes.setting_combinations(config.llamacpp)
+    out, settings = [], {}
+    for variant in variants:
+        out.append(variant)
+        if variant.runtime != "llamacpp":
+            continue
+        for combination in combinations:
+            row = replace(variant, name=kv_variant_name(variant.name, combination))
+            out.append(row)
+            settings[row.name] = replace(config.llamacpp, **combination)
+    return tuple(out), settings
+
+
+def _points(config: CompareConfig, models: list[_Model]):
+    """The operating points of ``--sweep``, each checked against every model's trained context."""
+    from harness.build.sources import trained_context
+    from harness.machine.environment import thread_count
+    from harness.sweep import check_fits
+
+    sweep = config.sweep_axes
+    points = sweep.points(config.threads, config.prompt_tokens, config.gen_tokens)
+    for model in models:
+        check_fits(sweep, points, trained_context(model.variants), thread_count(None), model.name)
+    return points
 
 
 def _hf_dir(prepared: PrepareResult) -> Path | None:
@@ -243,6 +285,7 @@ def _measure_inputs(config: CompareConfig, model: _Model) -> MeasureInputs:
         prompts=[model.tokenizer.encode(p) for p in DEFAULT_PROMPTS],
         token_pool=speed_token_pool(_hf_dir(model.prepared) or model.source.path),  # the variants share the vocabulary
         runtime_settings=config.runtime_settings(),
+        variant_settings=model.kv_settings,
         tasks=_task_spec(config, _hf_dir(model.prepared)) if config.tasks else None,
     )
 
@@ -274,13 +317,48 @@ def _jobs(model: _Model, inputs: MeasureInputs, record_dir: str, out_dir: Path, 
             for v in order]
 
 
-def _measure(jobs: list[VariantJob], out_dir: Path, config: CompareConfig) -> list[VariantRow]:
-    """Each job in its own child, here or as a Ray task; rows in job order."""
+def _point_jobs(model: _Model, inputs: MeasureInputs, points, out_dir: Path, several: bool) -> list[VariantJob]:
+    """One speed-only job per (variant, operating point), each in a child of its own, on the point's threads."""
+    from harness.measure.variant import measure_point_row
+    from harness.run.local import VariantJob
+
+    logs = out_dir / LOGS_NAME / (model.name if several else "")
+    return [VariantJob(v.name, v.runtime, v.precision, measure_point_row, (v, inputs, point),
+                       log_path=str(logs / f"{v.name}@{point.key.replace('/', '_')}.log"), model=model.name,
+                       device=inputs.device, loads=(v,), point=point)
+            for v in model.variants for point in points]
+
+
+def _print_sweep_size(point_jobs: list[VariantJob], rows: dict, config: CompareConfig) -> None:
+    """The sweep's size and an estimate of its time from each variant's own point (its load, prefill and decode)."""
+    total = 0.0
+    for job in point_jobs:
+        own = rows.get((job.model, job.variant, None))
+        total += _point_estimate_s(job.point, own.efficiency if own and own.ok else None, config)
+    variants, points = len({(j.model, j.variant) for j in point_jobs}), len({j.point.key for j in point_jobs})
+    print(f"sweep: {variants} variants x {points} points = {len(point_jobs)} measurements, about "
+          f"{total / 60:.0f} min (estimated from each variant's own point)", file=sys.stderr, flush=True)
+
+
+def _point_estimate_s(point, own, config: CompareConfig) -> float:
+    """Load + the untimed fill of the depth + the warm-ups and minimum repetitions, at least the speed budget."""
+    if own is None or not own.prefill_tok_s or not own.decode_tok_s:
+        return float(config.speed_budget_s)
+    prefill_s = point.batch * point.prompt / own.prefill_tok_s
+    decode_s = point.gen / own.decode_tok_s  # a batch decodes its sequences together, at about one's cost or more
+    tests_s = (config.warmup + config.repetitions) * (prefill_s + decode_s)
+    return (own.load_s or 0.0) + point.batch * point.depth / own.prefill_tok_s + max(float(config.speed_budget_s), tests_s)
+
+
+def _measure(jobs: list[VariantJob], out_dir: Path, config: CompareConfig, resume: bool | None = None) -> list[VariantRow]:
+    """Each job in its own child, here or as a Ray task; rows in job order. ``resume`` keeps the rows the
+    results file already holds (default: ``--resume``)."""
     if config.ray:  # the same jobs as Ray tasks (harness.run.on_ray): one measurement per node at a time
         from harness.run.on_ray import run_variants_on_ray as run_variants
     else:
         from harness.run.local import run_variants
-    return run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout_s, resume=config.resume,
+    return run_variants(jobs, out_dir / RESULTS_NAME, timeout_s=config.timeout_s,
+                        resume=config.resume if resume is None else resume,
                         on_row=_progress_line(len(jobs), several=len({j.model for j in jobs}) > 1),
                         **({"address": config.ray} if config.ray else {}))
 
@@ -295,7 +373,7 @@ def _run_settings(config: CompareConfig) -> RunSettings:
     without_tasks = {} if config.tasks else dict(tasks=None, task_limit=None, num_fewshot=None, task_seed=None,
                                                   max_task_drop=None)
     return same_named(RunSettings, config, max_tokens=config.token_budget, runtimes=config.runtime_settings_dicts(),
-                      **without_tasks)
+                      sweep=config.sweep_axes.as_dict() or None, **without_tasks)
 
 
 def _deliver(run: RunRecord, out_dir: Path, store_path: Path, json_path: str | None) -> None:
@@ -353,9 +431,14 @@ def _progress_line(total: int, several: bool):
         nonlocal done
         done += 1
         name = f"{row.model}/{row.variant}" if several else row.variant
-        ppl, decode = row.metric("ppl"), row.metric("decode_tok_s")
-        detail = (f"PPL {ppl if ppl is not None else float('nan'):.3f}, "
-                  f"decode {decode if decode is not None else float('nan'):.0f} tok/s" if row.ok else row.error)
+        ppl, decode, prefill = row.metric("ppl"), row.metric("decode_tok_s"), row.metric("prefill_tok_s")
+        if row.point is not None:
+            name += f" {row.point.label}"
+            detail = f"prefill {prefill or float('nan'):.0f}, decode {decode or float('nan'):.0f} tok/s"
+        else:
+            detail = (f"PPL {ppl if ppl is not None else float('nan'):.3f}, "
+                      f"decode {decode if decode is not None else float('nan'):.0f} tok/s")
+        detail = detail if row.ok else row.error
         print(f"[{done}/{total}] {name}: {row.status} ({detail})", file=sys.stderr, flush=True)
 
     return on_row

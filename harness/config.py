@@ -23,6 +23,7 @@ from harness.backends.llamacpp.config import LlamaCppSettings
 from harness.backends.ort.config import OrtSettings
 from harness.backends.pytorch.config import TorchSettings
 from harness.errors import UserError
+from harness.sweep import Sweep, parse_sweep
 from harness.text.protocols import PROTOCOLS
 
 DEFAULT_MAX_TOKENS = defaults.MAX_TOKENS
@@ -115,6 +116,12 @@ class CompareConfig(ModelConfig):
                          metavar="cpu|cuda[:N]")
     timeout_s: int = _field(defaults.TIMEOUT_S, "seconds one variant may take before it counts as failed", group="speed",
                           parse="positive_int", metavar="S")
+    sweep: tuple[str, ...] | None = _field(
+        None, "also time every variant at each operating point of the product of the axes given, e.g. depth=0,4096 "
+              "(tokens in the cache first, llama-bench's -d), batch=1,8 (sequences decoded together), threads=1,2, "
+              "prompt=N,.., gen=N,..; llamacpp-type-k=f16,q8_0 (and llamacpp-type-v) add llama.cpp rows with those "
+              "KV-cache types, accuracy included; repeat it for more axes", group="sweep", metavar="AXIS=V1,V2",
+        repeat=True)
     # lm-eval's tasks, scored on every variant
     tasks: tuple[str, ...] | None = _field(
         None, "lm-evaluation-harness tasks to score every variant on, comma-separated: task or group names, or paths "
@@ -182,6 +189,11 @@ class CompareConfig(ModelConfig):
                             value=self.rank_by)
         if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
             raise UserError("must be more than 0", setting="memory_budget_mb", value=self.memory_budget_mb)
+        parse_sweep(self.sweep)  # each mistake is one line before anything is built
+
+    @property
+    def sweep_axes(self) -> Sweep:
+        return parse_sweep(self.sweep)
 
     @property
     def token_budget(self) -> int | None:

@@ -18,7 +18,9 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-SCHEMA_VERSION = 3  # 3: lm-eval task scores (VariantRow.tasks); 2: several models per run; 1 and 2 are read as well
+# 4: operating points (RunRecord.points, VariantRow.point); 3: lm-eval task scores (VariantRow.tasks);
+# 2: several models per run; 1 to 3 are read as well
+SCHEMA_VERSION = 4
 OK, FAILED, UNAVAILABLE = "ok", "failed", "unavailable"
 
 _OPTIONAL = {"optional": True}
@@ -181,6 +183,10 @@ class Efficiency(_Record):
     itl_p99_ms: float | None = field(default=None, metadata=_OPTIONAL)
     itl_p99_ms_spread: list[float] | None = field(default=None, metadata=_OPTIONAL)
     itl_p99_ms_ci: list[float] | None = field(default=None, metadata=_OPTIONAL)
+    # At an operating point of several sequences, prefill_tok_s and decode_tok_s are the aggregates over
+    # all of them (llama-batched-bench's S_PP and S_TG); one sequence's share of decode is this.
+    decode_seq_tok_s: float | None = field(default=None, metadata=_OPTIONAL)
+    kv_cache_mb: float | None = field(default=None, metadata=_OPTIONAL)  # the cache at its fullest, where the runtime says
     peak_rss_mb: float | None = None
     cpu_util_pct: float | None = None  # 100 = one core
     # On an NVIDIA GPU only; energy over the timed decode runs.
@@ -257,6 +263,42 @@ class NodeInfo(_Record):
 
 
 @dataclass(frozen=True)
+class Point(_Record):
+    """An operating point the speed tests ran at, as llama-bench and llama-batched-bench set one up.
+
+    ``depth`` tokens fill each sequence's cache first (llama-bench's ``-d``); then ``batch`` sequences
+    (llama-batched-bench's ``-npl``), each with its own prompt, prefill ``prompt`` tokens together and
+    decode ``gen`` tokens together, on ``threads`` threads.
+    """
+
+    depth: int = 0
+    batch: int = 1
+    threads: int | None = None
+    prompt: int | None = None
+    gen: int | None = None
+
+    AXES: ClassVar[tuple[str, ...]] = ("depth", "batch", "threads", "prompt", "gen")
+
+    @property
+    def key(self) -> str:
+        """One string per point, stable across runs: what a resumed run matches a point by."""
+        return f"d{self.depth}/b{self.batch}/t{self.threads}/pp{self.prompt}/tg{self.gen}"
+
+    @property
+    def where(self) -> str:
+        """The point after llama-bench's ``@ d4096``: depth, then batch and threads ("d4096, b8, t2")."""
+        return f"d{self.depth}, b{self.batch}, t{self.threads}"
+
+    @property
+    def label(self) -> str:
+        """The point as llama-bench names its tests: "pp512+tg32 @ d4096, b8, t2"."""
+        return f"pp{self.prompt}+tg{self.gen} @ {self.where}"
+
+    def coordinate(self, axis: str) -> int | None:
+        return getattr(self, axis)
+
+
+@dataclass(frozen=True)
 class TaskScores(_Record):
     """One lm-eval task on one variant: its metrics as lm-eval names them, and each document's outcome.
 
@@ -289,7 +331,8 @@ MAIN_TASK_METRICS = ("acc_norm", "acc", "exact_match", "exact_match,strict-match
 class VariantRow(_Record):
     """One variant's result: what it is, whether it ran, and its figures."""
 
-    NESTED: ClassVar[dict[str, type]] = {"accuracy": Accuracy, "efficiency": Efficiency, "node": NodeInfo}
+    NESTED: ClassVar[dict[str, type]] = {"accuracy": Accuracy, "efficiency": Efficiency, "node": NodeInfo,
+                                         "point": Point}
     NESTED_MAPS: ClassVar[dict[str, type]] = {"tasks": TaskScores}
 
     variant: str
@@ -306,6 +349,9 @@ class VariantRow(_Record):
     started_unix: float | None = field(default=None, metadata=_OPTIONAL)  # its child's start and end, seconds
     ended_unix: float | None = field(default=None, metadata=_OPTIONAL)  # since the epoch, on that node's clock
     tasks: dict[str, TaskScores] | None = field(default=None, metadata=_OPTIONAL)  # lm-eval task -> its scores
+    # A row of RunRecord.points: the operating point its efficiency was measured at (no accuracy: the
+    # variant's row in RunRecord.results has it).
+    point: Point | None = field(default=None, metadata=_OPTIONAL)
 
     @classmethod
     def failed(cls, variant: str, runtime: str, precision: str, error: str, traceback: str | None = None) -> "VariantRow":
@@ -320,6 +366,11 @@ class VariantRow(_Record):
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+    @property
+    def key(self) -> tuple[str | None, str, str | None]:
+        """(model, variant, point key): one per row of a run, a point's rows apart from the variant's own."""
+        return self.model, self.variant, self.point.key if self.point else None
 
     def metric(self, key: str) -> float | None:
         """The finite number under ``key`` in the accuracy or efficiency section, else None."""
@@ -383,6 +434,7 @@ class RunSettings(_Record):
     task_seed: int | None = field(default=None, metadata=_OPTIONAL)
     rank_by: str | None = field(default=None, metadata=_OPTIONAL)  # TASK/METRIC the answer also ranks on
     max_task_drop: float | None = field(default=None, metadata=_OPTIONAL)
+    sweep: dict[str, list] | None = field(default=None, metadata=_OPTIONAL)  # axis -> its values, as given
 
 
 @dataclass(frozen=True)
@@ -395,7 +447,7 @@ class RunRecord(_Record):
     """
 
     NESTED: ClassVar[dict[str, type]] = {"corpus": CorpusInfo, "settings": RunSettings}
-    NESTED_LISTS: ClassVar[dict[str, type]] = {"models": ModelInfo, "results": VariantRow}
+    NESTED_LISTS: ClassVar[dict[str, type]] = {"models": ModelInfo, "results": VariantRow, "points": VariantRow}
 
     schema_version: int = SCHEMA_VERSION
     run_id: str | None = None
@@ -406,6 +458,7 @@ class RunRecord(_Record):
     settings: RunSettings = field(default_factory=RunSettings)
     wall_s: float | None = None
     results: tuple[VariantRow, ...] = ()
+    points: tuple[VariantRow, ...] = ()  # --sweep: one row per (variant, operating point), speed only
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunRecord":
@@ -430,7 +483,8 @@ class RunRecord(_Record):
 
     def for_model(self, name: str | None) -> "RunRecord":
         """This run seen as the run of one of its models: that model's info and rows only."""
-        return replace(self, models=(self.model_info(name),), results=tuple(r for r in self.results if r.model == name))
+        return replace(self, models=(self.model_info(name),), results=tuple(r for r in self.results if r.model == name),
+                       points=tuple(r for r in self.points if r.model == name))
 
     def per_model(self) -> list["RunRecord"]:
         return [self.for_model(m.name) for m in self.models]

@@ -26,6 +26,9 @@ from ..eos import eos_ids
 from .config import CUDA_INSTALL, RUNTIME, LlamaCppSettings
 
 
+CTX_PAD = 256  # llama.cpp rounds n_ctx up to a multiple of 256
+
+
 class LlamaCppBackend(Backend):
     """A GGUF file in llama.cpp, one sequence at a time, the KV cache cleared per sequence."""
 
@@ -42,6 +45,10 @@ class LlamaCppBackend(Backend):
         self._one = self._one_batch = None
         self._n_vocab = 0
         self._gpu = cuda_index(self.device)  # None on the CPU
+        # start_batch's context of several sequences, made when the one it has is too small, and its depth.
+        self._many = None
+        self._many_shape = (0, 0)  # (sequences, tokens per sequence) it holds
+        self._depth = 0
 
     @classmethod
     def device_unavailable_reason(cls, device: str) -> str | None:
@@ -52,8 +59,10 @@ class LlamaCppBackend(Backend):
                 f"{CUDA_INSTALL}")
 
     def synchronize(self) -> None:
-        if self._gpu is not None and self._ctx is not None:
-            llama_cpp.llama_synchronize(self._ctx)
+        if self._gpu is not None:
+            for ctx in (self._ctx, self._many):
+                if ctx is not None:
+                    llama_cpp.llama_synchronize(ctx)
 
     def _offload(self) -> dict[str, int]:
         """Every layer on the device's one GPU (the default split would spread them over every GPU); none on the CPU.
@@ -96,8 +105,14 @@ class LlamaCppBackend(Backend):
         self.eos_token_ids = eos_ids(self.variant.tokenizer_path, llm.token_eos(), eot)
 
     def close(self) -> None:
+        self._free_many()
         self._stack.close()
         self._native = self._ctx = self._batch = self._one = self._one_batch = None
+
+    def _free_many(self) -> None:
+        if self._many is not None:
+            llama_cpp.llama_free(self._many)
+        self._many, self._many_shape = None, (0, 0)
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -129,18 +144,23 @@ class LlamaCppBackend(Backend):
 
     def _decode_span(self, ids: np.ndarray, pos0: int, logits: str) -> None:
         """Decode ``ids`` at positions ``pos0..``; ``logits`` is "all", "last" or "none"."""
-        batch = self._batch
         n = len(ids)
-        for i, token in enumerate(ids.tolist()):
+        wanted = np.full(n, logits == "all")
+        wanted[-1] |= logits == "last"
+        self._decode_tokens(self._ctx, ids, pos0 + np.arange(n), np.zeros(n, dtype=np.int64), wanted)
+
+    def _decode_tokens(self, ctx, ids, positions, seqs, wanted) -> None:
+        """One ``llama_decode`` of tokens ``ids`` at ``positions`` of sequences ``seqs``, logits where ``wanted``."""
+        batch = self._batch
+        for i, (token, pos, seq, want) in enumerate(zip(ids.tolist(), positions.tolist(), seqs.tolist(),
+                                                        wanted.tolist())):
             batch.token[i] = token
-            batch.pos[i] = pos0 + i
+            batch.pos[i] = pos
             batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = logits == "all"
-        if logits == "last":
-            batch.logits[n - 1] = True
-        batch.n_tokens = n
-        self._check(llama_cpp.llama_decode(self._ctx, batch))
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = want
+        batch.n_tokens = len(ids)
+        self._check(llama_cpp.llama_decode(ctx, batch))
 
     def _check(self, rc: int) -> None:
         if rc != 0:
@@ -170,6 +190,75 @@ class LlamaCppBackend(Backend):
                 view = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(hi - lo, self._n_vocab))
                 yield view.copy()
             lo = hi
+
+    # ---- several sequences (an operating point) ------------------------------------------------------
+    def _many_context(self, sequences: int, tokens: int):
+        """A context of ``sequences`` sequences with room for ``tokens`` each: the one kept, or a new one.
+
+        Each sequence gets its own part of the cache (llama.cpp's default, not unified), as in
+        llama-batched-bench, whose context holds ``n_seq_max`` = the most parallel sequences.
+        """
+        tokens = -(-tokens // CTX_PAD) * CTX_PAD  # llama.cpp pads a context to this: each sequence gets a whole share
+        if self._many_shape != (sequences, tokens):
+            self._free_many()
+            params = llama_cpp.llama_context_params.from_buffer_copy(self._require_loaded().context_params)
+            params.n_seq_max = sequences
+            params.n_ctx = sequences * tokens
+            self._many = llama_cpp.llama_init_from_model(self._native.model, params)
+            if self._many is None:
+                raise RuntimeError(f"{self.variant.name}: llama.cpp could not make a context of {sequences} "
+                                   f"sequences x {tokens} tokens")
+            self._many_shape = (sequences, tokens)
+        return self._many
+
+    def _decode_rows(self, ctx, rows: np.ndarray, pos0: int, last_logits: bool) -> np.ndarray | None:
+        """Decode each row of ``rows`` as its own sequence from ``pos0``, ``n_batch`` tokens per call,
+        sequence after sequence; with ``last_logits`` the argmax at each row's last token."""
+        sequences, width = rows.shape
+        seqs = np.repeat(np.arange(sequences), width)
+        positions = np.tile(pos0 + np.arange(width), sequences)
+        wanted = np.tile(np.arange(width) == width - 1, sequences) & last_logits
+        flat = rows.reshape(-1)
+        argmax = np.empty(sequences, dtype=np.int64)
+        step = self.settings.n_batch
+        for lo in range(0, len(flat), step):
+            part = slice(lo, lo + step)
+            self._decode_tokens(ctx, flat[part], positions[part], seqs[part], wanted[part])
+            for i in np.flatnonzero(wanted[part]):  # read before the next call overwrites them
+                argmax[seqs[lo + i]] = self._argmax_at(ctx, int(i))
+        return argmax if last_logits else None
+
+    def _argmax_at(self, ctx, i: int) -> int:
+        logits = llama_cpp.llama_get_logits_ith(ctx, i)
+        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self._n_vocab,))))
+
+    def _start_batch(self, depth_ids: np.ndarray, room: int) -> None:
+        sequences, depth = depth_ids.shape
+        ctx = self._many_context(sequences, depth + room)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
+        if depth:
+            self._decode_rows(ctx, depth_ids, 0, last_logits=False)
+        self._depth = depth
+
+    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float]) -> np.ndarray:
+        ctx, depth = self._many, self._depth
+        sequences, width = prompt_ids.shape
+        tokens = np.empty((sequences, steps), dtype=np.int64)
+        tokens[:, 0] = self._decode_rows(ctx, prompt_ids, depth, last_logits=True)
+        self.synchronize()
+        stamp.append(time.perf_counter())
+        seqs, wanted = np.arange(sequences), np.ones(sequences, dtype=bool)
+        for k in range(1, steps):
+            self._decode_tokens(ctx, tokens[:, k - 1], np.full(sequences, depth + width + k - 1), seqs, wanted)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(sequences, self._n_vocab))
+            tokens[:, k] = logits.argmax(axis=1)
+            stamp.append(time.perf_counter())
+        # The cache's bytes as llama.cpp would save them (every sequence's cells), at its fullest.
+        held = sum(llama_cpp.llama_state_seq_get_size(ctx, seq) for seq in range(sequences))
+        self._kv_bytes = max(self._kv_bytes or 0, held)
+        # Back to the depth: every sequence's positions from it on are dropped.
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(ctx), -1, depth, -1)
+        return tokens
 
     def _argmax_last(self) -> int:
         logits = llama_cpp.llama_get_logits_ith(self._ctx, -1)

@@ -59,7 +59,10 @@ class OrtBackend(Backend):
         self.eos_token_ids = eos_ids(self.variant.tokenizer_path, genai["model"].get("eos_token_id"))
 
     def close(self) -> None:
-        self._native = None
+        self._native = self._many = None
+
+    _many = None  # start_batch's generator, filled to self._depth
+    _depth = 0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -72,11 +75,17 @@ class OrtBackend(Backend):
             "provider": self.provider,
         }
 
-    def _generator(self, max_length: int):
+    def _generator(self, max_length: int, sequences: int = 0):
+        """A greedy generator with a cache of ``max_length`` tokens; with ``sequences``, that many decoded
+        together, none stopped by EOS before ``max_length`` (a point's fixed number of tokens)."""
         model = self._require_loaded()
         params = og.GeneratorParams(model)
+        length = max(max_length, self._min_length)
         # The cache's capacity; the callers stop on their own counts, so a longer one changes no result.
-        params.set_search_options(do_sample=False, max_length=max(max_length, self._min_length))
+        options = dict(do_sample=False, max_length=length)
+        if sequences:
+            options.update(batch_size=sequences, min_length=length)
+        params.set_search_options(**options)
         return og.Generator(model, params)
 
     def _forward_logits(self, token_ids: np.ndarray, start: int, block_rows: int) -> Iterator[np.ndarray]:
@@ -107,6 +116,30 @@ class OrtBackend(Backend):
             if token in self.eos_token_ids:
                 break
         return produced
+
+
+    def _start_batch(self, depth_ids: np.ndarray, room: int) -> None:
+        sequences, depth = depth_ids.shape
+        if sequences > 1 and depth:
+            raise NotImplementedError(
+                "onnxruntime-genai takes a batch's tokens in one append (AppendTokens once for batch_size > 1), "
+                "so it cannot time prompts on top of a filled cache of several sequences")
+        # No EOS ends a sequence early: a point decodes a fixed number of tokens (min_length).
+        self._many = self._generator(depth + room, sequences)
+        self._depth = depth
+        if depth:
+            self._many.append_tokens(depth_ids.astype(np.int32))
+
+    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float]) -> np.ndarray:
+        generator = self._many
+        generator.append_tokens(prompt_ids.astype(np.int32))
+        produced = []
+        for _ in range(steps):
+            generator.generate_next_token()
+            produced.append(np.array(generator.get_next_tokens(), dtype=np.int64))
+            stamp.append(time.perf_counter())
+        generator.rewind_to(self._depth)  # a batch of several may only start again from 0
+        return np.stack(produced, axis=1)
 
 
 def _version(package: str) -> str | None:

@@ -38,6 +38,8 @@ class TorchBackend(Backend):
             raise ValueError(f"{self.variant.name}: precision {precision!r} is not one of {', '.join(TORCH_DTYPES)}")
         self.dtype = getattr(torch, TORCH_DTYPES[precision])
         self.scores_on_device = False  # set at load: logit blocks handed over as CUDA tensors
+        self._many: DynamicCache | None = None  # start_batch's cache, filled to self._depth
+        self._depth = 0
 
     @classmethod
     def device_unavailable_reason(cls, device: str) -> str | None:
@@ -70,7 +72,7 @@ class TorchBackend(Backend):
         self.eos_token_ids = eos_ids(self.variant.tokenizer_path, self._native.generation_config.eos_token_id)
 
     def close(self) -> None:
-        self._native = None
+        self._native = self._many = None
 
     def synchronize(self) -> None:
         if self.device.startswith("cuda"):
@@ -126,6 +128,42 @@ class TorchBackend(Backend):
                     break
                 step_ids = torch.tensor([[token]], device=self.device)
         return produced
+
+
+    def _start_batch(self, depth_ids: np.ndarray, room: int) -> None:
+        # The sequences of a point have equal lengths (llama-batched-bench's too), so one rectangular
+        # forward runs them all: no padding, and the positions follow from the cache's length.
+        model = self._require_loaded()
+        self._apply_threads()
+        self._many, self._depth = DynamicCache(config=model.config), depth_ids.shape[1]
+        if self._depth:
+            with torch.inference_mode():
+                model(input_ids=torch.from_numpy(depth_ids).to(self.device), cache=self._many, use_cache=True,
+                      logits_to_keep=1)
+
+    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float]) -> np.ndarray:
+        model = self._require_loaded()
+        self._apply_threads()
+        produced = []
+        with torch.inference_mode():
+            step_ids = torch.from_numpy(prompt_ids).to(self.device)
+            for _ in range(steps):
+                out = model(input_ids=step_ids, cache=self._many, use_cache=True, logits_to_keep=1)
+                step_ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)  # (sequences, 1)
+                produced.append(step_ids.cpu())  # waits for the device
+                self.synchronize()
+                stamp.append(time.perf_counter())
+        held = sum(t.nbytes for layer in self._many.layers for t in (layer.keys, layer.values) if t is not None)
+        self._kv_bytes = max(self._kv_bytes or 0, held)
+        self._rewind()
+        return torch.cat(produced, dim=1).numpy()
+
+    def _rewind(self) -> None:
+        """The batch cache back at the depth: cut what the last call appended (a fresh cache at depth 0)."""
+        if self._depth == 0:
+            self._many = DynamicCache(config=self._native.config)
+        else:
+            self._many.crop(self._depth - self._many.get_seq_length())  # crop takes minus the tokens to drop
 
 
 def _check_takes_cache(model) -> None:

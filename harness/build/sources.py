@@ -125,3 +125,24 @@ def _hash_hf_dir(path: Path) -> str:
         h.update(file.name.encode())
         _hash_file(file, h)
     return h.hexdigest()
+
+
+def trained_context(variants) -> int | None:
+    """The context length a model was trained with, from one of its prepared ``variants``: a transformers
+    config's ``max_position_embeddings``, else a GGUF's ``<arch>.context_length``; None when none says."""
+    for variant in variants:
+        config = Path(variant.path, "config.json")
+        if Path(variant.path).is_dir() and config.is_file():
+            data = json.loads(config.read_text())
+            value = data.get("max_position_embeddings") or (data.get("text_config") or {}).get("max_position_embeddings")
+            if value:
+                return int(value)
+    for variant in variants:
+        if str(variant.path).endswith(".gguf"):
+            from gguf import GGUFReader
+
+            fields = GGUFReader(variant.path).fields
+            arch = fields["general.architecture"].contents()
+            if f"{arch}.context_length" in fields:
+                return int(fields[f"{arch}.context_length"].contents())
+    return None

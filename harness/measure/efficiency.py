@@ -40,7 +40,7 @@ device, the CPU packages' from RAPL where the machine exposes it
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +51,7 @@ from harness.backends.base import Backend
 from harness.machine.energy import POWERCAP_ROOT, PackageEnergy
 from harness.machine.monitor import GpuMonitor, ResourceMonitor
 from harness.machine.nvml import cuda_index
-from harness.results import Efficiency
+from harness.results import Efficiency, Point
 from harness.stats import Stats
 from harness.text.tokenizer import speed_token_pool
 
@@ -159,10 +159,75 @@ def measure_efficiency(
                          f"warmup={warmup} at least 0")
     plan = RepetitionPlan(repetitions, max_repetitions, precision_target_pct, budget_s)
     draw = _prompt_drawer(speed_token_pool(backend.variant.tokenizer_path) if token_pool is None else token_pool, seed)
+
+    def prefill() -> float:
+        return _prefill_seconds(backend, draw(prompt_tokens))
+
+    def decode() -> tuple[float, list[float], int]:
+        generation = _decode(backend, draw, gen_tokens)
+        return generation.start_s, generation.token_times_s, 1
+
     start = clock()
     for _ in range(warmup):
         _warm_up(backend, draw, prompt_tokens, gen_tokens)
-    runs = _Runs(backend, draw, prompt_tokens, gen_tokens, PackageEnergy(powercap_root), clock)
+    tests = _Tests(prefill, decode, prompt_tokens)
+    return _timed(backend, tests, plan, start, load_s, prompt_tokens, gen_tokens, clock, powercap_root)
+
+
+def measure_point(
+    backend: Backend,
+    point: Point,
+    warmup: int = defaults.WARMUP,
+    repetitions: int = defaults.REPETITIONS,
+    seed: int = 0,
+    *,
+    max_repetitions: int = defaults.MAX_REPETITIONS,
+    precision_target_pct: float = defaults.PRECISION_TARGET_PCT,
+    budget_s: float = defaults.SPEED_BUDGET_S,
+    load_s: float | None = None,
+    token_pool: np.ndarray | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    powercap_root: str | Path = POWERCAP_ROOT,
+) -> Efficiency:
+    """The efficiency of a loaded ``backend`` at an operating point (``harness.results.Point``).
+
+    Each sequence's cache is filled with ``point.depth`` random tokens once, untimed (llama-bench's
+    ``-d``); every test then runs on top of it and leaves it at the depth again. Prefill: ``point.batch``
+    prompts of ``point.prompt`` tokens, prefilled together to their first tokens; its speed is all their
+    tokens over that time (llama-batched-bench's S_PP). Decode: one token per sequence, then
+    ``point.gen`` steps of all sequences at once; its speed is every sequence's tokens over the time
+    (S_TG), ``decode_seq_tok_s`` one sequence's share. Repetitions, warm-ups and the budget are as for
+    the run's own point (``measure_efficiency``); the threads are the backend's.
+    """
+    if point.prompt < 1 or point.gen < 1 or point.batch < 1 or point.depth < 0 or warmup < 0:
+        raise ValueError(f"{point}: prompt, gen and batch must be at least 1, depth and warmup={warmup} at least 0")
+    plan = RepetitionPlan(repetitions, max_repetitions, precision_target_pct, budget_s)
+    draw = _prompt_drawer(speed_token_pool(backend.variant.tokenizer_path) if token_pool is None else token_pool, seed)
+    rows = point.batch
+
+    def prefill() -> float:
+        return backend.generate_batch(draw(rows * point.prompt).reshape(rows, -1), 1).ttft_s
+
+    def decode() -> tuple[float, list[float], int]:
+        generation = backend.generate_batch(draw(rows).reshape(rows, 1), point.gen)
+        return generation.start_s, generation.step_times_s, rows
+
+    backend.start_batch(draw(rows * point.depth).reshape(rows, point.depth), max(point.prompt, point.gen) + 1)
+    tests = _Tests(prefill, decode, rows * point.prompt)
+    start = clock()
+    for _ in range(warmup):
+        prefill()
+        decode()
+    efficiency = _timed(backend, tests, plan, start, load_s, point.prompt, point.gen, clock, powercap_root)
+    kv_bytes = backend.kv_cache_bytes()
+    return replace(efficiency, decode_seq_tok_s=efficiency.decode_tok_s / rows if efficiency.decode_tok_s else None,
+                   kv_cache_mb=kv_bytes / 1e6 if kv_bytes else None)
+
+
+def _timed(backend: Backend, tests: "_Tests", plan: RepetitionPlan, start: float, load_s: float | None,
+           prompt_tokens: int, gen_tokens: int, clock, powercap_root) -> Efficiency:
+    """The measured rounds of ``tests`` after the warm-ups that began at ``start``, as an Efficiency."""
+    runs = _Runs(backend, tests, PackageEnergy(powercap_root), clock)
     with ResourceMonitor(clock=clock) as resources:
         runs.repeat(plan, start)
     speed_wall_s = clock() - start
@@ -187,6 +252,16 @@ def measure_efficiency(
     )
 
 
+@dataclass(frozen=True)
+class _Tests:
+    """The two speed tests of a point: ``prefill()`` -> its seconds to the first tokens, of ``prefill_tokens``
+    prompt tokens in all; ``decode()`` -> (clock at submission, clock per step, sequences per step)."""
+
+    prefill: Callable[[], float]
+    decode: Callable[[], tuple[float, list[float], int]]
+    prefill_tokens: int
+
+
 def _schema_figures(figures: dict[str, Stats]) -> dict[str, Any]:
     """Each figure's median, ``_spread`` and ``_ci``, as the schema names them."""
     out: dict[str, Any] = {}
@@ -198,9 +273,9 @@ def _schema_figures(figures: dict[str, Stats]) -> dict[str, Any]:
 class _Runs:
     """The measured runs of both tests, in rounds, and what each produced."""
 
-    def __init__(self, backend: Backend, draw, prompt_tokens: int, gen_tokens: int, packages: PackageEnergy, clock):
-        self.backend, self.draw, self.clock = backend, draw, clock
-        self.prompt_tokens, self.gen_tokens = prompt_tokens, gen_tokens
+    def __init__(self, backend: Backend, tests: _Tests, packages: PackageEnergy, clock):
+        self.tests, self.clock = tests, clock
+        self.prefill_tokens = tests.prefill_tokens
         self.packages = packages
         self.gpu_index = cuda_index(backend.device)
         self.seconds: dict[str, list[float]] = {test: [] for test in TESTS}  # wall time of each run, to plan ahead
@@ -215,7 +290,7 @@ class _Runs:
         return len(self.seconds[test])
 
     def _stop_values(self, test: str) -> list[float]:
-        return [self.prompt_tokens / s for s in self.ttft_s] if test == "prefill" else self.decode_tok_s
+        return [self.prefill_tokens / s for s in self.ttft_s] if test == "prefill" else self.decode_tok_s
 
     def needs(self, test: str, plan: RepetitionPlan) -> bool:
         """Whether ``test`` runs again: below the minimum, or below the maximum and not yet precise."""
@@ -245,15 +320,15 @@ class _Runs:
 
     def _prefill(self) -> None:
         with _gpu_monitor(self.gpu_index) as gpu:
-            self.ttft_s.append(_prefill_seconds(self.backend, self.draw(self.prompt_tokens)))
+            self.ttft_s.append(self.tests.prefill())
         self.gpu.append((gpu.metrics, None))
 
     def _decode(self) -> None:
         with _gpu_monitor(self.gpu_index) as gpu, self.packages.measure() as cpu:
-            generation = _decode(self.backend, self.draw, self.gen_tokens)
-        produced = len(generation.token_times_s)
-        self.decode_tok_s.append(produced / (generation.token_times_s[-1] - generation.start_s))
-        gaps_ms = 1000.0 * generation.inter_token_s
+            start_s, step_times_s, sequences = self.tests.decode()
+        produced = len(step_times_s) * sequences
+        self.decode_tok_s.append(produced / (step_times_s[-1] - start_s))
+        gaps_ms = 1000.0 * np.diff(step_times_s)
         self.itl_ms.append(np.percentile(gaps_ms, [50, 90, 99]) if len(gaps_ms) else np.full(3, np.nan))
         self.gpu.append((gpu.metrics, produced))
         if "cpu_energy_j" in cpu.metrics:
@@ -262,7 +337,7 @@ class _Runs:
     def figure_values(self) -> dict[str, tuple[list[float], str]]:
         """Each repeated figure's measured values and unit; ITL only with gaps, energies only where read."""
         figures = {
-            "prefill_tok_s": ([self.prompt_tokens / s for s in self.ttft_s], "tok/s"),
+            "prefill_tok_s": ([self.prefill_tokens / s for s in self.ttft_s], "tok/s"),
             "decode_tok_s": (list(self.decode_tok_s), "tok/s"),
             "ttft_ms": ([1000.0 * s for s in self.ttft_s], "ms"),
         }

@@ -11,14 +11,14 @@ from harness import backends, defaults
 from harness.kernels import set_num_threads
 from harness.manifest import Variant
 from harness.measure.accuracy import score_variant
-from harness.measure.efficiency import load_seconds, measure_efficiency
+from harness.measure.efficiency import load_seconds, measure_efficiency, measure_point
 from harness.measure.reference_record import (
     LogitRecorder,
     RecordedReference,
     record_limit,
 )
 from harness.measure.tasks import TaskSpec, backend_lm, score_tasks
-from harness.results import TaskScores, VariantRow
+from harness.results import Point, TaskScores, VariantRow
 from harness.text.protocols import Window
 from harness.text.tokenizer import TokenizedText
 
@@ -49,6 +49,11 @@ class MeasureInputs:
     precision_target_pct: float = defaults.PRECISION_TARGET_PCT
     speed_budget_s: float = defaults.SPEED_BUDGET_S
     tasks: TaskSpec | None = None  # lm-eval's tasks, scored after the accuracy pass
+    variant_settings: dict[str, Any] = field(default_factory=dict)  # variant -> its own runtime settings (--sweep KV types)
+
+    def settings_for(self, variant: Variant) -> Any:
+        """The runtime settings ``variant`` runs with: its own, else its runtime's."""
+        return self.variant_settings.get(variant.name, self.runtime_settings.get(variant.runtime))
 
 
 def measure_variant(variant: Variant, inputs: MeasureInputs, record_dir: str | None = None) -> dict[str, Any]:
@@ -91,9 +96,36 @@ def _score_tasks(backend, variant: Variant, spec: TaskSpec) -> dict[str, TaskSco
     return {task: TaskScores.from_dict(scores) for task, scores in scored.items()}
 
 
-def _open(variant: Variant, inputs: MeasureInputs):
-    return backends.open_backend(variant, threads=inputs.threads, device=inputs.device,
-                        settings=inputs.runtime_settings.get(variant.runtime))
+def _open(variant: Variant, inputs: MeasureInputs, threads: int | None = None):
+    return backends.open_backend(variant, threads=threads or inputs.threads, device=inputs.device,
+                                 settings=inputs.settings_for(variant))
+
+
+def measure_point_row(variant: Variant, inputs: MeasureInputs, point: Point) -> dict[str, Any]:
+    """The speed of ``variant`` at ``point``, as a row of its own (run in a fresh child, on ``point.threads``).
+
+    A runtime that cannot run the point (onnxruntime-genai with a filled cache of several sequences) gives an
+    unavailable row that says why.
+    """
+    identity = (variant.name, variant.runtime, variant.precision)
+    try:
+        backend = _open(variant, inputs, point.threads)
+    except backends.RuntimeUnavailable as exc:
+        return VariantRow.unavailable(*identity, str(exc)).to_dict()
+    set_num_threads(point.threads)
+    try:
+        load_s = load_seconds(backend)
+        described = backend.describe()
+        efficiency = measure_point(
+            backend, point, inputs.warmup, inputs.repetitions, max_repetitions=inputs.max_repetitions,
+            precision_target_pct=inputs.precision_target_pct, budget_s=inputs.speed_budget_s, load_s=load_s,
+            token_pool=inputs.token_pool,
+        )
+    except NotImplementedError as exc:
+        return VariantRow.unavailable(*identity, str(exc)).to_dict()
+    finally:
+        backend.close()
+    return VariantRow(*identity, backend=described, efficiency=efficiency).to_dict()
 
 
 def _score(backend, variant: Variant, inputs: MeasureInputs, record_dir: str | None):

@@ -28,6 +28,7 @@ from harness.report.divergence import (
 )
 from harness.report.format import ABSENT, fmt_fixed, fmt_mb, fmt_ppl, fmt_sig, fmt_speed
 from harness.report.tasks import fmt_task_cell, task_columns, task_summary
+from harness.report.sweep import point_lines, point_table, sweep_summary
 from harness.results import ModelInfo, RunRecord, VariantRow
 
 # Which way is better for each metric the frontier or the recommendations rank by.
@@ -142,6 +143,12 @@ def _several_nodes(run: RunRecord) -> bool:
     return len({r.node.label for r in run.results if r.node is not None}) > 1
 
 
+def _precision_cell(row: VariantRow) -> str:
+    """The precision, with what else sets the row apart (``+ctk-q8_0``: --sweep's KV-cache type)."""
+    extra = row.variant.partition("+")[2]
+    return (row.precision or ABSENT) + (f" +{extra}" if extra else "")
+
+
 def table_rows(run: RunRecord) -> list[list[str]]:
     """One list of display strings per row, in run order, matching ``headers(run)``.
 
@@ -165,7 +172,7 @@ def table_rows(run: RunRecord) -> list[list[str]]:
             marks += [machine[key]] if key in machine else []
             cells = [
                 row.runtime or ABSENT,
-                row.precision or ABSENT,
+                _precision_cell(row),
                 fmt_mb(row.metric("size_bytes")),
                 fmt_fixed(row.metric("bits_per_weight"), 2),
                 fmt_ppl(row),
@@ -204,7 +211,7 @@ def summary(run: RunRecord) -> dict[str, Any]:
     if run.multi_model:
         return {"models": {view.title: _model_summary(view) for view in run.per_model()},
                 "accuracy_key": accuracy_key(run), **across}
-    return {**_model_summary(run), **across}
+    return {**_model_summary(run), **across, **({"sweep": sweep_summary(run)} if run.points else {})}
 
 
 def _model_summary(run: RunRecord) -> dict[str, Any]:
@@ -262,8 +269,12 @@ def _or_absent(value: Any) -> Any:
 
 
 def render_text(run: RunRecord) -> str:
-    """The whole answer for a terminal: header, table, legend, recommendations."""
+    """The whole answer for a terminal: header, table, legend, recommendations; with --sweep, the points'
+    table and the answer at each point."""
     parts = ["\n".join(header_lines(run)), render_table(run), LEGEND, "\n".join(recommendations(run))]
+    if run.points:
+        parts += ["Operating points (--sweep; decode and prefill tok/s count every sequence's tokens):\n"
+                  + point_table(run), "\n".join(point_lines(run))]
     return "\n\n".join(parts) + "\n"
 
 

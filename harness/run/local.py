@@ -26,7 +26,7 @@ import psutil
 
 from harness import defaults
 from harness.errors import UserError, one_line
-from harness.results import VariantRow
+from harness.results import Point, VariantRow
 
 DEFAULT_TIMEOUT_S = float(defaults.TIMEOUT_S)
 # Once the child has sent its row, how long it may take to exit before it is killed.
@@ -48,6 +48,8 @@ class VariantJob:
     which one of them (``writes_record``) fills and the others read; the target gets it as its
     ``record_dir`` keyword, so a runner may hand it a folder of the node it runs on. ``record_files``:
     the files of that record in the order they are written, the last one marking it finished.
+    ``point``: the operating point (``harness.results.Point``) a speed-only job measures; None for the
+    variant's own job. (model, variant, point) names a job, and its row.
     """
 
     variant: str
@@ -63,10 +65,11 @@ class VariantJob:
     record_dir: str | None = None
     writes_record: bool = False
     record_files: tuple[str, ...] = ()
+    point: Point | None = None
 
     @property
-    def key(self) -> tuple[str | None, str]:
-        return self.model, self.variant
+    def key(self) -> tuple[str | None, str, str | None]:
+        return self.model, self.variant, self.point.key if self.point else None
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ class ChildOutcome:
 
 
 def failed_row(job: VariantJob, error: str, trace: str | None = None) -> VariantRow:
-    """The result row of a variant whose child failed."""
-    return VariantRow.failed(job.variant, job.runtime, job.precision, error, trace)
+    """The result row of a variant (or of one of its points) whose child failed."""
+    return replace(VariantRow.failed(job.variant, job.runtime, job.precision, error, trace), point=job.point)
 
 
 # ---- one child --------------------------------------------------------------------------------
@@ -296,15 +299,15 @@ def run_variants(
     return [done[key] for key in keys]
 
 
-def job_keys(jobs: Sequence[VariantJob]) -> list[tuple[str | None, str]]:
-    """Each job's (model, variant), in order; two jobs with one key are a bug in the caller."""
+def job_keys(jobs: Sequence[VariantJob]) -> list[tuple[str | None, str, str | None]]:
+    """Each job's (model, variant, point), in order; two jobs with one key are a bug in the caller."""
     keys = [job.key for job in jobs]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"(model, variant) pairs must be unique, got {keys}")
+        raise ValueError(f"(model, variant, point) keys must be unique, got {keys}")
     return keys
 
 
-def open_results(path: Path, resume: bool, retry_failed: bool = False) -> dict[tuple[str | None, str], VariantRow]:
+def open_results(path: Path, resume: bool, retry_failed: bool = False) -> dict[tuple, VariantRow]:
     """Make the results file ready for appending: emptied, or (``resume``) kept with the rows it already has."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if resume:
@@ -313,15 +316,16 @@ def open_results(path: Path, resume: bool, retry_failed: bool = False) -> dict[t
     return {}
 
 
-def finished_rows(path: Path, retry_failed: bool = False) -> dict[tuple[str | None, str], VariantRow]:
-    """The rows a resumed run keeps, by (model, variant): the last of each (failed ones dropped with ``retry_failed``).
+def finished_rows(path: Path, retry_failed: bool = False) -> dict[tuple, VariantRow]:
+    """The rows a resumed run keeps, by (model, variant, point): the last of each (failed ones dropped with
+    ``retry_failed``).
 
     A torn last line is cut first, so the next append starts on a line of its own.
     """
     if not path.exists():
         return {}
     _drop_torn_tail(path)
-    done = {(row.model, row.variant): row for row in read_results(path)}  # the last row of a variant wins
+    done = {row.key: row for row in read_results(path)}  # the last row of a variant (or point) wins
     if retry_failed:
         done = {key: row for key, row in done.items() if row.status != "failed"}
     return done
@@ -334,7 +338,7 @@ def run_job(job: VariantJob, timeout_s: float | None) -> VariantRow:
     started = time.time()
     kwargs = {**job.kwargs, **({"record_dir": job.record_dir} if job.record_dir is not None else {})}
     row = _job_row(job, run_in_child(job.target, job.args, kwargs, timeout_s, job.log_path))
-    return replace(row, model=job.model, node=node_info(), started_unix=round(started, 3),
+    return replace(row, model=job.model, point=job.point, node=node_info(), started_unix=round(started, 3),
                    ended_unix=round(time.time(), 3))
 
 
