@@ -70,6 +70,7 @@ class BatchGeneration:
     token_ids: np.ndarray  # (sequences, steps) int64
     start_s: float  # clock read just before the prompts were submitted
     step_times_s: list[float]  # clock read after each step's tokens were available
+    logits: np.ndarray | None = None  # (sequences, steps, V) float32: each step's next-token logits, when kept
 
     @property
     def ttft_s(self) -> float:
@@ -212,10 +213,12 @@ class Backend(abc.ABC):
         ``depth_ids`` (sequences, depth), one row per sequence; depth may be 0."""
         raise NotImplementedError(f"the {self.runtime or type(self).__name__} backend decodes no batches")
 
-    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float]) -> np.ndarray:
+    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float],
+                        logits: list | None = None) -> np.ndarray:
         """Prefill ``prompt_ids`` (sequences, P) on top of the filled depth, all sequences in the same
         forward passes, then decode ``steps`` greedy tokens per sequence, one step for all sequences at
         once; append ``time.perf_counter()`` to ``stamp`` per step; return the (sequences, steps) tokens.
+        With a ``logits`` list, append each step's (sequences, V) float32 logits to it (tests).
 
         EOS does not stop a sequence (a fixed length, as llama-batched-bench's). Afterwards the cache
         holds the depth again, so the next call starts from it.
@@ -239,8 +242,9 @@ class Backend(abc.ABC):
         self._kv_bytes = None
         self._start_batch(ids, room)
 
-    def generate_batch(self, prompt_ids: np.ndarray, steps: int) -> BatchGeneration:
-        """Greedy continuation of each row of ``prompt_ids``, on top of the cache ``start_batch`` filled."""
+    def generate_batch(self, prompt_ids: np.ndarray, steps: int, keep_logits: bool = False) -> BatchGeneration:
+        """Greedy continuation of each row of ``prompt_ids``, on top of the cache ``start_batch`` filled;
+        ``keep_logits`` keeps each step's logits (for tests: it copies V floats per sequence and step)."""
         ids = np.ascontiguousarray(prompt_ids, dtype=np.int64)
         shape = getattr(self, "_batch_shape", None)
         if shape is None:
@@ -252,8 +256,10 @@ class Backend(abc.ABC):
         stamps: list[float] = []
         self.synchronize()
         start = time.perf_counter()
-        tokens = self._generate_batch(ids, steps, stamps)
-        return BatchGeneration(np.asarray(tokens, dtype=np.int64).reshape(shape[0], -1), start, stamps)
+        kept: list | None = [] if keep_logits else None
+        tokens = self._generate_batch(ids, steps, stamps, kept)
+        logits = np.stack(kept, axis=1) if kept else None
+        return BatchGeneration(np.asarray(tokens, dtype=np.int64).reshape(shape[0], -1), start, stamps, logits)
 
 
 def _checked_settings(backend: type, settings: Any) -> Any:

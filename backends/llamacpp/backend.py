@@ -211,9 +211,10 @@ class LlamaCppBackend(Backend):
             self._many_shape = (sequences, tokens)
         return self._many
 
-    def _decode_rows(self, ctx, rows: np.ndarray, pos0: int, last_logits: bool) -> np.ndarray | None:
+    def _decode_rows(self, ctx, rows: np.ndarray, pos0: int, last_logits: bool, kept: np.ndarray | None = None):
         """Decode each row of ``rows`` as its own sequence from ``pos0``, ``n_batch`` tokens per call,
-        sequence after sequence; with ``last_logits`` the argmax at each row's last token."""
+        sequence after sequence; with ``last_logits`` the argmax at each row's last token (and its logits
+        copied into ``kept``, (sequences, V), when given)."""
         sequences, width = rows.shape
         seqs = np.repeat(np.arange(sequences), width)
         positions = np.tile(pos0 + np.arange(width), sequences)
@@ -225,12 +226,11 @@ class LlamaCppBackend(Backend):
             part = slice(lo, lo + step)
             self._decode_tokens(ctx, flat[part], positions[part], seqs[part], wanted[part])
             for i in np.flatnonzero(wanted[part]):  # read before the next call overwrites them
-                argmax[seqs[lo + i]] = self._argmax_at(ctx, int(i))
+                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, int(i)), shape=(self._n_vocab,))
+                argmax[seqs[lo + i]] = int(np.argmax(row))
+                if kept is not None:
+                    kept[seqs[lo + i]] = row
         return argmax if last_logits else None
-
-    def _argmax_at(self, ctx, i: int) -> int:
-        logits = llama_cpp.llama_get_logits_ith(ctx, i)
-        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self._n_vocab,))))
 
     def _start_batch(self, depth_ids: np.ndarray, room: int) -> None:
         sequences, depth = depth_ids.shape
@@ -240,18 +240,24 @@ class LlamaCppBackend(Backend):
             self._decode_rows(ctx, depth_ids, 0, last_logits=False)
         self._depth = depth
 
-    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float]) -> np.ndarray:
+    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float],
+                        logits: list | None = None) -> np.ndarray:
         ctx, depth = self._many, self._depth
         sequences, width = prompt_ids.shape
         tokens = np.empty((sequences, steps), dtype=np.int64)
-        tokens[:, 0] = self._decode_rows(ctx, prompt_ids, depth, last_logits=True)
+        first = np.empty((sequences, self._n_vocab), dtype=np.float32) if logits is not None else None
+        tokens[:, 0] = self._decode_rows(ctx, prompt_ids, depth, last_logits=True, kept=first)
+        if logits is not None:
+            logits.append(first)
         self.synchronize()
         stamp.append(time.perf_counter())
         seqs, wanted = np.arange(sequences), np.ones(sequences, dtype=bool)
         for k in range(1, steps):
             self._decode_tokens(ctx, tokens[:, k - 1], np.full(sequences, depth + width + k - 1), seqs, wanted)
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(sequences, self._n_vocab))
-            tokens[:, k] = logits.argmax(axis=1)
+            step = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(sequences, self._n_vocab))
+            tokens[:, k] = step.argmax(axis=1)
+            if logits is not None:
+                logits.append(step.copy())
             stamp.append(time.perf_counter())
         # The cache's bytes as llama.cpp would save them (every sequence's cells), at its fullest.
         held = sum(llama_cpp.llama_state_seq_get_size(ctx, seq) for seq in range(sequences))

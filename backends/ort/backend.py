@@ -130,13 +130,16 @@ class OrtBackend(Backend):
         if depth:
             self._many.append_tokens(depth_ids.astype(np.int32))
 
-    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float]) -> np.ndarray:
+    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float],
+                        logits: list | None = None) -> np.ndarray:
         generator = self._many
         generator.append_tokens(prompt_ids.astype(np.int32))
         produced = []
         for _ in range(steps):
             generator.generate_next_token()
             produced.append(np.array(generator.get_next_tokens(), dtype=np.int64))
+            if logits is not None:  # what the token was chosen from: EOS's logit is the lowest (min_length)
+                logits.append(np.array(generator.get_output("logits")[:, -1], dtype=np.float32))
             stamp.append(time.perf_counter())
         generator.rewind_to(self._depth)  # a batch of several may only start again from 0
         return np.stack(produced, axis=1)

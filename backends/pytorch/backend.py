@@ -141,7 +141,8 @@ class TorchBackend(Backend):
                 model(input_ids=torch.from_numpy(depth_ids).to(self.device), cache=self._many, use_cache=True,
                       logits_to_keep=1)
 
-    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float]) -> np.ndarray:
+    def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float],
+                        logits: list | None = None) -> np.ndarray:
         model = self._require_loaded()
         self._apply_threads()
         produced = []
@@ -150,6 +151,8 @@ class TorchBackend(Backend):
             for _ in range(steps):
                 out = model(input_ids=step_ids, cache=self._many, use_cache=True, logits_to_keep=1)
                 step_ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)  # (sequences, 1)
+                if logits is not None:
+                    logits.append(out.logits[:, -1].float().cpu().numpy())
                 produced.append(step_ids.cpu())  # waits for the device
                 self.synchronize()
                 stamp.append(time.perf_counter())

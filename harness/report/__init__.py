@@ -34,6 +34,7 @@ from harness.report.format import (
     fmt_sig,
     fmt_signed_pct,
     fmt_speed,
+    precision_label,
 )
 from harness.report.history import render_diff, render_history
 from harness.report.table import (
@@ -56,14 +57,15 @@ from harness.report.table import (
     summary,
     table_rows,
 )
+from harness.report.sweep import point_lines, point_table, points_in_order, sweep_summary
 from harness.report.tasks import task_columns, task_lines, task_summary
 
 __all__ = [
     "ABSENT", "COLALIGN", "DEFAULT_KLD_NOISE_FLOOR", "FRONTIERS", "HEADERS", "LARGER_IS_BETTER", "LEGEND",
     "MODEL_HEADER", "NODE_HEADER", "accuracy_key", "delta_ppl_interval", "delta_ppl_pct", "delta_ppl_upper",
     "divergence_lines", "fmt_delta_ppl", "fmt_fixed", "fmt_mb", "fmt_ppl", "fmt_sig", "fmt_signed_pct", "fmt_speed",
-    "frontier_names", "frontiers", "header_lines", "headers", "indistinguishable", "kld_noise_floor",
+    "precision_label", "frontier_names", "frontiers", "header_lines", "headers", "indistinguishable", "kld_noise_floor",
     "machine_marks", "machines", "pareto_front", "pareto_names", "recommendations", "reference_ppl",
-    "render_diff", "render_history", "render_table", "render_text", "resolve_settings", "summary", "table_rows",
+    "point_lines", "point_table", "points_in_order", "render_diff", "render_history", "render_table", "render_text", "resolve_settings", "summary", "table_rows",
     "task_columns", "task_lines", "task_summary", "ties_with_best",
 ]

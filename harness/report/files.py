@@ -17,9 +17,10 @@ from pathlib import Path
 from harness import report
 from harness.report import html as html_page
 from harness.report.html import FRONTIER_COLOUR, OTHER_COLOUR, RUNTIME_COLOURS
-from harness.results import RunRecord, VariantRow, json_safe
+from harness.results import Point, RunRecord, VariantRow, json_safe
 
 FILE_NAMES = ("report.json", "results.csv", "report.md", "tradeoff.png", "report.html")
+SWEEP_PNG = "sweep.png"  # written beside them when the run has operating points (--sweep)
 MODEL_MARKERS = ("o", "s", "D", "^", "P", "*", "h", "v")  # tradeoff.png's marker shape per model
 
 
@@ -43,8 +44,13 @@ def report_json(run: RunRecord) -> str:
     return json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
 
 
-def _flat_row(row: VariantRow, ref_ppl: float | None) -> dict:
+def _flat_row(row: VariantRow, ref_ppl: float | None, settings=None) -> dict:
+    """One CSV line: the row's identity, its operating point's coordinates (a variant's own row: the run's
+    point), ΔPPL %, then every accuracy and efficiency key."""
     flat = {k: getattr(row, k) for k in ("model", "variant", "runtime", "precision", "status", "error")}
+    point = row.point or (Point(0, 1, settings.threads, settings.prompt_tokens, settings.gen_tokens) if settings
+                          else Point())
+    flat.update(point.to_dict())
     flat["delta_ppl_pct"] = report.delta_ppl_pct(row, ref_ppl)
     for section in (row.accuracy, row.efficiency):
         for key, value in (section.to_dict() if section is not None else {}).items():
@@ -62,12 +68,14 @@ def _flat_row(row: VariantRow, ref_ppl: float | None) -> dict:
 
 
 def results_csv(run: RunRecord) -> str:
-    """One CSV line per row: model, variant, identity, ΔPPL % (against its model's reference), then every
-    accuracy and efficiency key.
+    """One CSV line per row, the variants' own then their operating points' (``--sweep``): model, variant,
+    identity, the point's coordinates, ΔPPL % (against its model's reference), then every accuracy and
+    efficiency key.
 
     Spreads become ``_min``/``_max`` columns and intervals ``_ci_low``/``_ci_high``.
     """
-    flats = [_flat_row(row, report.reference_ppl(view)) for view in run.per_model() for row in view.results]
+    flats = [_flat_row(row, report.reference_ppl(view), run.settings) for view in run.per_model()
+             for row in view.results + view.points]
     columns = list(dict.fromkeys(key for flat in flats for key in flat))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
@@ -85,6 +93,9 @@ def report_markdown(run: RunRecord) -> str:
         f"# harness compare: {run.title}\n\n{header}\n\n"
         f"{report.render_table(run, 'github')}\n\n{report.LEGEND}\n\n"
         f"## Recommendations\n\n{recs}\n\n![accuracy against decode speed](tradeoff.png)\n"
+        + (f"\n## Operating points\n\n{report.point_table(run, 'github')}\n\n"
+           + "\n".join(f"- {line}" for line in report.point_lines(run)) + f"\n\n![speed at each point]({SWEEP_PNG})\n"
+           if run.points else "")
     )
 
 
@@ -214,21 +225,63 @@ def tradeoff_figure(run: RunRecord):
     fig.tight_layout()
     fig.canvas.draw()  # the final layout, so the labels are placed where they will be drawn
     radii = [math.sqrt(a) / 2 * fig.dpi / 72 for a in areas]
-    place_labels(ax, xy, [run.label(r) if run.multi_model else (r.precision or r.variant) for r in rows], radii)
+    place_labels(ax, xy, [run.label(r) if run.multi_model else report.precision_label(r) for r in rows], radii)
     return fig
 
 
 def tradeoff_png(run: RunRecord) -> bytes:
     """tradeoff.png: ``tradeoff_figure`` as PNG bytes."""
+    return _png(tradeoff_figure(run))
+
+
+def sweep_figure(run: RunRecord):
+    """Decode and prefill tok/s (all sequences) along the headline swept axis, one line per variant (and per
+    value of the other swept axes), with the 95 % intervals. The caller closes the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = tradeoff_figure(run)
+    points = report.points_in_order(run)
+    swept = [a for a in (run.settings.sweep or {}) if a in Point.AXES and len({p.coordinate(a) for p in points}) > 1]
+    axis = swept[0] if swept else "batch"
+    others = swept[1:]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), dpi=100)
+    lines: dict[tuple, list[VariantRow]] = {}
+    for row in run.points:
+        if row.ok and row.point is not None:
+            lines.setdefault((run.label(row), *(row.point.coordinate(a) for a in others)), []).append(row)
+    styles = {held: ("-", "--", ":", "-.")[i % 4] for i, held in enumerate(dict.fromkeys(k[1:] for k in lines))}
+    for ax, key, title in zip(axes, ("decode_tok_s", "prefill_tok_s"), ("decode", "prefill")):
+        for (label, *held), rows in lines.items():
+            rows.sort(key=lambda r: r.point.coordinate(axis))
+            x = [r.point.coordinate(axis) for r in rows]
+            y = [r.metric(key) for r in rows]
+            ci = [r.efficiency.interval(key) or (v, v) for r, v in zip(rows, y)]
+            name = label + "".join(f", {a} {v}" for a, v in zip(others, held))
+            ax.errorbar(x, y, yerr=[[v - lo for v, (lo, _) in zip(y, ci)], [hi - v for v, (_, hi) in zip(y, ci)]],
+                        marker="o", capsize=3, label=name, color=RUNTIME_COLOURS.get(rows[0].runtime),
+                        linestyle=styles[tuple(held)])
+        ax.set_xlabel(axis + (" (tokens in the cache first)" if axis == "depth" else ""))
+        ax.set_ylabel(f"{title} tok/s, all sequences (higher is better)")
+        ax.set_title(f"{title} speed along {axis}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    if lines:
+        axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.suptitle(f"{run.title + ': ' if run.title else ''}operating points (error bars: 95% intervals)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
     try:
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
+        figure.savefig(buffer, format="png")
         return buffer.getvalue()
     finally:
-        plt.close(fig)
+        plt.close(figure)
 
 
 def report_html(run: RunRecord, png: bytes) -> str:
@@ -248,8 +301,11 @@ def write_report(run: RunRecord, out_dir: str | os.PathLike) -> dict[str, Path]:
         "tradeoff.png": png,
         "report.html": report_html(run, png).encode(),
     }
+    if run.points:
+        contents[SWEEP_PNG] = _png(sweep_figure(run))
     paths = {}
-    for name in FILE_NAMES:
-        paths[name] = out / name
-        write_atomic(paths[name], contents[name])
+    for name in (*FILE_NAMES, SWEEP_PNG):
+        if name in contents:
+            paths[name] = out / name
+            write_atomic(paths[name], contents[name])
     return paths

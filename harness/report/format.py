@@ -56,3 +56,9 @@ def fmt_mb(value_bytes: float | None) -> str:
 
 def fmt_fixed(value: float | None, digits: int) -> str:
     return ABSENT if value is None else f"{value:.{digits}f}"
+
+
+def precision_label(row: VariantRow) -> str:
+    """The precision, with what else sets the row apart (``+ctk-q8_0``: --sweep's KV-cache type)."""
+    extra = row.variant.partition("+")[2]
+    return (row.precision or ABSENT) + (f" +{extra}" if extra else "")

@@ -69,18 +69,29 @@ def within_limit(run: RunRecord, max_pct: float) -> set[tuple]:
     return keys
 
 
-def winners(run: RunRecord, max_pct: float) -> dict[str, VariantRow | None]:
-    """Point key -> the fastest row at that point among the variants within the limit (None: no such row)."""
+def winners(run: RunRecord, max_pct: float) -> dict[str, list[VariantRow]]:
+    """Point key -> the rows within the limit that tie for fastest there: the fastest first, then every row
+    whose 95 % interval reaches the fastest's (an empty list: none measured)."""
     eligible = within_limit(run, max_pct)
-    best: dict[str, VariantRow | None] = {p.key: None for p in points_in_order(run)}
+    at: dict[str, list[VariantRow]] = {p.key: [] for p in points_in_order(run)}
     for row in run.points:
-        value = row.metric(ANSWER_KEY)
-        if not row.ok or value is None or (row.model, row.variant) not in eligible:
-            continue
-        current = best[row.point.key]
-        if current is None or value > current.metric(ANSWER_KEY):
-            best[row.point.key] = row
-    return best
+        if row.ok and row.metric(ANSWER_KEY) is not None and (row.model, row.variant) in eligible:
+            at[row.point.key].append(row)
+    return {key: _tied_for_fastest(rows) for key, rows in at.items()}
+
+
+def _tied_for_fastest(rows: list[VariantRow]) -> list[VariantRow]:
+    if not rows:
+        return []
+    best = max(rows, key=lambda r: r.metric(ANSWER_KEY))
+    low = _interval(best)[0]
+    return [best] + sorted((r for r in rows if r is not best and _interval(r)[1] >= low),
+                           key=lambda r: -r.metric(ANSWER_KEY))
+
+
+def _interval(row: VariantRow) -> tuple[float, float]:
+    value = row.metric(ANSWER_KEY)
+    return row.efficiency.interval(ANSWER_KEY) or (value, value)
 
 
 def point_lines(run: RunRecord, max_ppl_increase_pct: float | None = None) -> list[str]:
@@ -94,9 +105,12 @@ def point_lines(run: RunRecord, max_ppl_increase_pct: float | None = None) -> li
                 ] + not_measured_lines(run)
     lines = []
     for point in points_in_order(run):
-        row = best[point.key]
-        shown = (f"{run.label(row)}, {fmt_sig(row.metric(ANSWER_KEY), 3)} decode tok/s" if row
-                 else "none measured")
+        tied = best[point.key]
+        shown = "none measured"
+        if tied:
+            shown = f"{run.label(tied[0])}, {fmt_sig(tied[0].metric(ANSWER_KEY), 3)} decode tok/s"
+            if len(tied) > 1:
+                shown += f" (tied within noise: {', '.join(run.label(r) for r in tied[1:])})"
         lines.append(f"At {point.where} (pp{point.prompt}, tg{point.gen}): fastest within +{max_pct:g}% PPL is {shown}.")
     return lines + flip_lines(run, best) + not_measured_lines(run)
 
@@ -107,8 +121,9 @@ def not_measured_lines(run: RunRecord) -> list[str]:
             for row in run.points if not row.ok and row.point is not None]
 
 
-def flip_lines(run: RunRecord, best: dict[str, VariantRow | None]) -> list[str]:
-    """Where the fastest variant changes along one swept axis, the other coordinates held."""
+def flip_lines(run: RunRecord, best: dict[str, list[VariantRow]]) -> list[str]:
+    """Where the fastest variant changes along one swept axis, the other coordinates held: the one before is
+    no longer among those tied for fastest, and the new one was not tied before."""
     points = points_in_order(run)
     lines = []
     for axis in Point.AXES:
@@ -123,8 +138,9 @@ def flip_lines(run: RunRecord, best: dict[str, VariantRow | None]) -> list[str]:
             group.sort(key=lambda p: p.coordinate(axis))
             for before, after in zip(group, group[1:]):
                 was, now = best[before.key], best[after.key]
-                if was is None or now is None or was.variant == now.variant:
+                if not was or not now or _named(was[0]) in map(_named, now) or _named(now[0]) in map(_named, was):
                     continue
+                was, now = was[0], now[0]
                 held = ", ".join(f"{a} {after.coordinate(a)}" for a in others
                                  if len({p.coordinate(a) for p in points}) > 1)
                 lines.append(f"From {axis} {after.coordinate(axis)} on{f' (at {held})' if held else ''}: "
@@ -132,10 +148,15 @@ def flip_lines(run: RunRecord, best: dict[str, VariantRow | None]) -> list[str]:
     return lines
 
 
+def _named(row: VariantRow) -> tuple:
+    return row.model, row.variant
+
+
 def sweep_summary(run: RunRecord) -> dict[str, Any]:
-    """Point key -> its coordinates and its fastest variant within the limit, for report.json."""
+    """Point key -> its coordinates, its fastest variant within the limit and those tied with it, for report.json."""
     max_pct, _ = resolve_settings(run)
     best = winners(run, max_pct)
     return {p.key: {**p.to_dict(), "label": p.label,
-                    "fastest_within_limit": run.label(best[p.key]) if best[p.key] else None}
+                    "fastest_within_limit": run.label(best[p.key][0]) if best[p.key] else None,
+                    "tied_within_noise": [run.label(r) for r in best[p.key][1:]]}
             for p in points_in_order(run)}

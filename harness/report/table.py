@@ -26,7 +26,7 @@ from harness.report.divergence import (
     indistinguishable,
     kld_noise_floor,
 )
-from harness.report.format import ABSENT, fmt_fixed, fmt_mb, fmt_ppl, fmt_sig, fmt_speed
+from harness.report.format import ABSENT, fmt_fixed, fmt_mb, fmt_ppl, fmt_sig, fmt_speed, precision_label
 from harness.report.tasks import fmt_task_cell, task_columns, task_summary
 from harness.report.sweep import point_lines, point_table, sweep_summary
 from harness.results import ModelInfo, RunRecord, VariantRow
@@ -143,12 +143,6 @@ def _several_nodes(run: RunRecord) -> bool:
     return len({r.node.label for r in run.results if r.node is not None}) > 1
 
 
-def _precision_cell(row: VariantRow) -> str:
-    """The precision, with what else sets the row apart (``+ctk-q8_0``: --sweep's KV-cache type)."""
-    extra = row.variant.partition("+")[2]
-    return (row.precision or ABSENT) + (f" +{extra}" if extra else "")
-
-
 def table_rows(run: RunRecord) -> list[list[str]]:
     """One list of display strings per row, in run order, matching ``headers(run)``.
 
@@ -172,7 +166,7 @@ def table_rows(run: RunRecord) -> list[list[str]]:
             marks += [machine[key]] if key in machine else []
             cells = [
                 row.runtime or ABSENT,
-                _precision_cell(row),
+                precision_label(row),
                 fmt_mb(row.metric("size_bytes")),
                 fmt_fixed(row.metric("bits_per_weight"), 2),
                 fmt_ppl(row),

@@ -1,0 +1,88 @@
+"""Batched decoding at an operating point, in the three runtimes on the real default model.
+
+Several sequences decoded together on top of a filled cache must give each sequence the tokens it gets alone,
+and the logits the harness scores it with alone (``logit_blocks``), within 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.backends import open_backend
+
+FP32 = ("torch-fp32", "ort-fp32", "llamacpp-f32")
+SEQUENCES, DEPTH, PROMPT, STEPS = 4, 24, 9, 6
+LOGIT_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def token_ids_pool(prepared) -> np.ndarray:
+    from harness.text.tokenizer import speed_token_pool
+
+    return np.asarray(speed_token_pool(prepared["torch-fp32"].tokenizer_path))
+
+
+def _draw(pool: np.ndarray, seed: int, shape: tuple[int, int]) -> np.ndarray:
+    return np.random.default_rng(seed).choice(pool, size=shape).astype(np.int64)
+
+
+def _depth(runtime: str) -> int:
+    # onnxruntime-genai appends a batch's tokens once: it has no depth with several sequences (unavailable there).
+    return 0 if runtime == "ort" else DEPTH
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_batched_decoding_equals_each_sequence_alone(prepared, token_ids_pool, name):
+    variant = prepared[name]
+    with open_backend(variant, threads=1) as backend:
+        depth = _depth(backend.runtime)
+        depth_ids = _draw(token_ids_pool, 1, (SEQUENCES, depth))
+        prompts = _draw(token_ids_pool, 2, (SEQUENCES, PROMPT))
+        backend.start_batch(depth_ids, PROMPT + STEPS)
+        batched = backend.generate_batch(prompts, STEPS, keep_logits=True)
+        again = backend.generate_batch(prompts, STEPS)  # the cache went back to the depth
+        assert batched.token_ids.shape == (SEQUENCES, STEPS) and len(batched.step_times_s) == STEPS
+        assert np.array_equal(again.token_ids, batched.token_ids)
+        eos = sorted(backend.eos_token_ids)
+        worst = 0.0
+        for i in range(SEQUENCES):
+            context = np.concatenate([depth_ids[i], prompts[i]])
+            alone = backend.generate(context, STEPS).token_ids  # stops after an EOS; the batch does not
+            assert batched.token_ids[i, : len(alone)].tolist() == alone, f"{name}: sequence {i}"
+            sequence = np.concatenate([context, batched.token_ids[i]])
+            scored = np.concatenate([b.logits for b in backend.logit_blocks(sequence, start=len(context) - 1)])
+            mine, theirs = batched.logits[i].copy(), scored[:STEPS].copy()
+            mine[:, eos] = theirs[:, eos] = 0  # ORT's batch masks EOS so no sequence stops early
+            worst = max(worst, float(np.abs(mine - theirs).max()))
+        print(f"{name}: batched vs alone, max |logit difference| {worst:.2e}")
+        assert worst <= LOGIT_TOLERANCE, name
+
+
+def test_llamacpp_batch_keeps_each_sequence_in_its_own_cache(prepared, token_ids_pool):
+    """Sequences that share nothing must not see each other: swapping two rows swaps their answers."""
+    with open_backend(prepared["llamacpp-q8_0"], threads=1) as backend:
+        depth_ids = _draw(token_ids_pool, 3, (3, DEPTH))
+        prompts = _draw(token_ids_pool, 4, (3, PROMPT))
+        backend.start_batch(depth_ids, PROMPT + STEPS)
+        first = backend.generate_batch(prompts, STEPS).token_ids
+        backend.start_batch(depth_ids[::-1].copy(), PROMPT + STEPS)
+        swapped = backend.generate_batch(prompts[::-1].copy(), STEPS).token_ids
+        assert np.array_equal(swapped, first[::-1])
+
+
+def test_ort_refuses_a_filled_cache_of_several_sequences(prepared):
+    with open_backend(prepared["ort-fp32"], threads=1) as backend:
+        with pytest.raises(NotImplementedError, match="AppendTokens once"):
+            backend.start_batch(np.ones((2, 8), dtype=np.int64), 4)
+
+
+def test_generate_batch_checks_its_arguments(prepared):
+    with open_backend(prepared["llamacpp-q8_0"], threads=1) as backend:
+        with pytest.raises(RuntimeError, match="start_batch"):
+            backend.generate_batch(np.ones((1, 4), dtype=np.int64), 2)
+        backend.start_batch(np.ones((2, 3), dtype=np.int64), 5)
+        with pytest.raises(ValueError, match="room"):
+            backend.generate_batch(np.ones((2, 4), dtype=np.int64), 2)
+        with pytest.raises(ValueError, match="prompt_ids must be"):
+            backend.generate_batch(np.ones((3, 2), dtype=np.int64), 2)
