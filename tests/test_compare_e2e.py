@@ -64,7 +64,7 @@ def test_compare_prints_the_table_and_writes_every_file(two_runs):
 def test_report_json_follows_the_documented_schema(two_runs):
     root, *_ = two_runs
     report = json.loads((root / "a" / "report.json").read_text())
-    assert report["schema_version"] == 3
+    assert report["schema_version"] == 4
     (model,) = report["models"]
     assert (model["name"], model["reference"], model["tokenizer"]) == ("smollm2-135m", "llamacpp-f32", "llama.cpp")
     corpus = report["corpus"]

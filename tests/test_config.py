@@ -87,7 +87,7 @@ def test_what_the_command_hands_on_keeps_the_configurations_names():
     configured = {f.name for f in dataclasses.fields(CompareConfig)}
     given = {"max_tokens", "runtimes"}  # derived by the command: the token budget, each runtime's settings as a dict
     assert {f.name for f in dataclasses.fields(RunSettings)} - given <= configured
-    per_model = {"reference", "windows", "text", "prompts", "token_pool", "runtime_settings"}
+    per_model = {"reference", "windows", "text", "prompts", "token_pool", "runtime_settings", "variant_settings"}
     assert {f.name for f in dataclasses.fields(MeasureInputs)} - per_model <= configured
     settings = same_named(RunSettings, CompareConfig(timeout_s=30, speed_budget_s=4), max_tokens=None, runtimes={})
     assert (settings.timeout_s, settings.speed_budget_s, settings.precision_target_pct) == (30, 4, 3.0)

@@ -37,7 +37,10 @@ ALLOWED = {
     "harness.run": ("harness.machine", "harness.results", "harness.manifest", "harness.defaults", "harness.errors"),
     # reports read results; they never load a backend or measure
     "harness.report": ("harness.results", "harness.defaults", "harness.stats"),
-    "harness.config": ("harness.defaults", "harness.errors", "harness.text.protocols", *RUNTIME_SETTINGS),
+    # --sweep's axes: read from the configuration, so no more than it may import, and the schema's Point
+    "harness.sweep": ("harness.errors", "harness.results", *RUNTIME_SETTINGS),
+    "harness.config": ("harness.defaults", "harness.errors", "harness.text.protocols", "harness.sweep",
+                       *RUNTIME_SETTINGS),
 }
 ROLE_PACKAGES = ("build", "machine", "measure", "report", "run", "text")
 

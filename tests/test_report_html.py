@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ import pytest
 from harness import report
 from harness.report import files as report_files
 from harness.report import html as report_html
-from harness.results import Efficiency, RunRecord, VariantRow
+from harness.results import Efficiency, Point, RunRecord, VariantRow
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 WIDTH, HEIGHT = 1400, 1800
@@ -123,7 +124,7 @@ def test_no_text_in_the_run_can_close_the_pages_script():
     data = run_with_thirteen_variants().to_dict()
     data["results"][0]["variant"] = "torch-</script><script>alert(1)</script>"
     page = report_files.report_html(RunRecord.from_dict(data), b"")
-    assert page.count("<script") == 3 and "alert(1)</script>" not in page
+    assert page.count("<script") == 4 and "alert(1)</script>" not in page  # report data, sweep data, plotly, page.js
 
 
 class Chromium:
@@ -431,3 +432,71 @@ def test_a_page_without_the_plot_or_the_table_fails_the_same_checks(tmp_path):
     no_table = broken(page, '<table id="results">', '<table id="results" style="display:none">', tmp_path)
     with pytest.raises(AssertionError, match="no table header"):
         assert_shows_plot_above_table(screenshot(no_table, tmp_path))
+
+
+def run_with_points():
+    """The thirteen variants' run, with three of them measured at four operating points (depth x batch)."""
+    run = run_with_thirteen_variants()
+    points = []
+    for variant, base in (("llamacpp-q8_0", 50.0), ("llamacpp-q4_0", 85.0), ("ort-int4", 60.0)):
+        original = run.row(variant)
+        for depth in (0, 4096):
+            for batch in (1, 8):
+                decode = base * (0.6 if depth else 1.0) * (3.0 if batch == 8 else 1.0)
+                if variant == "ort-int4" and depth and batch > 1:  # as the runtime answers it
+                    points.append(VariantRow(variant, original.runtime, original.precision, "unavailable",
+                                             "no depth with several sequences", model=original.model,
+                                             point=Point(depth, batch, 2, 512, 32)))
+                    continue
+                efficiency = Efficiency(decode_tok_s=decode, decode_tok_s_ci=[decode * 0.97, decode * 1.03],
+                                        decode_seq_tok_s=decode / batch, prefill_tok_s=decode * 8,
+                                        prefill_tok_s_ci=[decode * 7.9, decode * 8.1], ttft_ms=batch * 512 / decode,
+                                        peak_rss_mb=300.0 + batch * 10, kv_cache_mb=(depth + 545) * batch * 0.023)
+                points.append(VariantRow(variant, original.runtime, original.precision, efficiency=efficiency,
+                                         model=original.model, point=Point(depth, batch, 2, 512, 32)))
+    return replace(run, points=tuple(points),
+                   settings=replace(run.settings, sweep={"depth": [0, 4096], "batch": [1, 8]}))
+
+
+SWEEP_STATE = """(() => {
+  const gd = document.getElementById('sweep-plot');
+  if (!gd || !gd.data) return null;
+  return {title: gd.layout.title.text, names: gd.data.map(t => t.name),
+          lines: Object.fromEntries(gd.data.map(t => [t.name, [t.x, t.y]]))};
+})()"""
+
+
+@needs_chromium
+def test_report_html_draws_the_sweeps_curves_and_switches_their_axes(tmp_path):
+    run = run_with_points()
+    page = report_files.write_report(run, tmp_path / "out")["report.html"]
+    assert (tmp_path / "out" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Chromium(tmp_path / "profile") as browser:
+        assert browser.open(page)
+        state = browser.evaluate(SWEEP_STATE)
+        # x opens on depth (the first swept axis), y on aggregate decode; a line per variant and batch.
+        assert state["title"] == "decode tok/s, all sequences along depth"
+        assert sorted(state["names"]) == sorted(f"{v}, batch {b}" for v in ("llamacpp-q8_0", "llamacpp-q4_0", "ort-int4")
+                                                for b in (1, 8))
+        assert state["lines"]["llamacpp-q4_0, batch 8"] == [[0, 4096], [255.0, pytest.approx(153.0)]]
+        assert state["lines"]["ort-int4, batch 8"] == [[0], [180.0]]  # its unavailable point is not drawn
+        browser.evaluate("const x = document.getElementById('sweep-x'); x.value = 'batch'; "
+                         "x.dispatchEvent(new Event('change'))")
+        browser.evaluate("const y = document.getElementById('sweep-y'); y.value = 'kv_cache_mb'; "
+                         "y.dispatchEvent(new Event('change'))")
+        state = browser.evaluate(SWEEP_STATE)
+        assert state["title"] == "KV cache MB along batch"
+        xs, kv = state["lines"]["llamacpp-q8_0, depth 4096"]
+        assert xs == [1, 8] and kv == [pytest.approx(4641 * 0.023), pytest.approx(4641 * 8 * 0.023)]
+        text = browser.evaluate("document.getElementById('sweep').innerText")
+        # Only q8_0 is within +5% PPL here (q4_0 is 10% worse): the answer holds at every point.
+        assert "At d4096, b8, t2 (pp512, tg32): fastest within +5% PPL is llamacpp-q8_0, 90.0 decode tok/s." in text
+        assert "Unavailable: ort-int4 at d4096, b8, t2: no depth with several sequences" in text
+        assert "pp512+tg32 @ d4096, b8, t2" in text  # the points' table
+        assert browser.exceptions() == []
+
+
+def test_a_run_without_points_has_no_sweep_section():
+    run = run_with_thirteen_variants()
+    page = report_files.report_html(run, b"")
+    assert 'id="sweep"' not in page and '<script type="application/json" id="sweep-data">null</script>' in page

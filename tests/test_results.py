@@ -12,8 +12,8 @@ from harness import results
 from harness.results import Accuracy, Efficiency, RunRecord, VariantRow
 
 SCHEMA_DOC = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
-SCHEMA_TYPES = ("RunRecord", "ModelInfo", "CorpusInfo", "RunSettings", "VariantRow", "NodeInfo", "TaskScores",
-                "Accuracy", "Efficiency")
+SCHEMA_TYPES = ("RunRecord", "ModelInfo", "CorpusInfo", "RunSettings", "VariantRow", "NodeInfo", "Point",
+                "TaskScores", "Accuracy", "Efficiency")
 
 
 def documented_fields() -> dict[str, list[str]]:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from harness import report
 from harness.report.tasks import larger_is_better, task_key
-from harness.results import Efficiency, RunRecord, VariantRow, finite_pair
+from harness.results import Efficiency, Point, RunRecord, VariantRow, finite_pair
 
 RUNTIME_COLOURS = {"torch": "#1f77b4", "ort": "#2ca02c", "llamacpp": "#d62728"}
 OTHER_COLOUR = "#9467bd"
@@ -167,6 +167,59 @@ def plot_data(run: RunRecord) -> dict[str, Any]:
             "frontier_colour": FRONTIER_COLOUR,
             "labels": {k: lab for k, lab, _ in ACCURACY_AXES + EFFICIENCY_AXES + tasks},
             "models": list(symbols.items()) if run.multi_model else []}
+
+
+# A point's figures the curves offer as y (x is any swept axis): (key, label, larger is better).
+SWEEP_FIGURES = (
+    ("decode_tok_s", "decode tok/s, all sequences", True),
+    ("decode_seq_tok_s", "decode tok/s per sequence", True),
+    ("prefill_tok_s", "prefill tok/s, all sequences", True),
+    ("ttft_ms", "TTFT ms", False),
+    ("itl_p50_ms", "ITL p50 ms", False),
+    ("itl_p99_ms", "ITL p99 ms", False),
+    ("peak_rss_mb", "peak RSS MB", False),
+    ("kv_cache_mb", "KV cache MB", False),
+)
+
+
+def sweep_data(run: RunRecord) -> dict[str, Any] | None:
+    """What the page's curves need (``--sweep``): the swept axes, the figures, and each point row's coordinates
+    and figures with their intervals; None without points. The page draws one line per variant and per value
+    of the swept axes other than x."""
+    points = report.points_in_order(run)
+    if not points:
+        return None
+    swept = [a for a in Point.AXES if len({p.coordinate(a) for p in points}) > 1] or ["batch"]
+    rows = [r for r in run.points if r.ok and r.point is not None]
+    figures = [{"key": key, "label": label, "title": f"{label} ({'higher' if up else 'lower'} is better)"}
+               for key, label, up in SWEEP_FIGURES if any(r.metric(key) is not None for r in rows)]
+    entries = []
+    for row in rows:
+        values = {}
+        for figure in figures:
+            value = row.metric(figure["key"])
+            if value is not None:
+                low_high = finite_pair(_field(row, f"{figure['key']}_ci"))
+                values[figure["key"]] = {"value": value, "low": low_high and low_high[0],
+                                         "high": low_high and low_high[1]}
+        entries.append({"variant": run.label(row), "runtime": row.runtime,
+                        "colour": RUNTIME_COLOURS.get(row.runtime, OTHER_COLOUR),
+                        "point": row.point.to_dict(), "figures": values})
+    return {"axes": swept, "figures": figures, "entries": entries}
+
+
+def sweep_html(run: RunRecord) -> str:
+    """The operating points' section: the curves' choosers and plot, the answer at each point, the table."""
+    if not run.points:
+        return ""
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in report.point_lines(run))
+    return ('<section id="sweep"><h2>Operating points</h2>'
+            '<div id="sweep-axes"><label>y <select id="sweep-y"></select></label> '
+            '<label>x <select id="sweep-x"></select></label> '
+            '<span class="meta">one line per variant (and per value of the other swept axes); '
+            'error bars: 95% intervals</span></div>\n<div id="sweep-plot"></div>\n'
+            f"<ul>{lines}</ul>\n"
+            f'<div class="table-scroll">{report.point_table(run, "html")}</div></section>\n')
 
 
 def sort_key(cell: str) -> float | None:
@@ -329,12 +382,14 @@ def report_html(run: RunRecord, png: bytes) -> str:
         '<div id="plot"></div>\n'
         '<p class="meta">Click a column header to sort, a row or a point for its details.</p>\n'
         f'<div id="table-box">{table_html(run)}</div>\n<p class="meta">{html.escape(report.LEGEND)}</p>\n'
+        f"{sweep_html(run)}"
         '<details id="static-plot"><summary>The same plot as a picture (tradeoff.png)</summary>'
         f'<img alt="PPL against decode speed" src="data:image/png;base64,{image}"></details>\n'
         f"{environment_html(run)}</div>\n"
         '<aside id="detail"><p id="detail-hint" class="meta">Click a row or a point to see a variant\'s '
         f"divergence statistics, latencies and backend settings.</p>\n{details}</aside></main>\n"
         f'<script type="application/json" id="report-data">{_script_json(plot_data(run))}</script>\n'
+        f'<script type="application/json" id="sweep-data">{_script_json(sweep_data(run))}</script>\n'
         f"<script>{get_plotlyjs()}</script>\n<script>{_asset('page.js')}</script>\n"
         "</body></html>\n"
     )

@@ -132,6 +132,52 @@
     return draw();
   }
 
+  // --sweep: curves of a point figure (y) along a swept axis (x), one line per variant and per value of the
+  // other swept axes, from the JSON of #sweep-data (null without points).
+  function drawSweepWhenPresent() {
+    const sweep = JSON.parse(document.getElementById("sweep-data").textContent);
+    if (!sweep) return;
+    const box = document.getElementById("sweep-plot");
+    const xs = document.getElementById("sweep-x"), ys = document.getElementById("sweep-y");
+    fillSelect(xs, sweep.axes.map((a) => ({ key: a, label: a })), sweep.axes[0]);
+    fillSelect(ys, sweep.figures, sweep.figures.length ? sweep.figures[0].key : null);
+    function drawSweep() {
+      const x = xs.value, y = ys.value;
+      if (typeof Plotly === "undefined" || !x || !y) return;
+      const held = sweep.axes.filter((a) => a !== x);
+      const lines = new Map();
+      for (const e of sweep.entries.filter((e) => e.figures[y])) {
+        const name = e.variant + held.map((a) => ", " + a + " " + e.point[a]).join("");
+        if (!lines.has(name)) lines.set(name, []);
+        lines.get(name).push(e);
+      }
+      const dashes = ["solid", "dash", "dot", "dashdot"];
+      const heldKeys = [...new Set([...lines.values()].map((g) => held.map((a) => g[0].point[a]).join("/")))];
+      const traces = [...lines.entries()].map(([name, group]) => {
+        group.sort((a, b) => a.point[x] - b.point[x]);
+        const f = group.map((e) => e.figures[y]);
+        return {
+          type: "scatter", mode: "lines+markers", name: name, customdata: group.map((e) => e.variant),
+          x: group.map((e) => e.point[x]), y: f.map((v) => v.value),
+          error_y: { type: "data", symmetric: false, thickness: 1.2, width: 3,
+                     array: f.map((v) => (v.high == null ? null : v.high - v.value)),
+                     arrayminus: f.map((v) => (v.low == null ? null : v.value - v.low)) },
+          line: { color: group[0].colour, dash: dashes[heldKeys.indexOf(held.map((a) => group[0].point[a]).join("/")) % 4] },
+          marker: { color: group[0].colour, size: 8 },
+        };
+      });
+      const label = sweep.figures.find((f) => f.key === y);
+      Plotly.react(box, traces, {
+        title: { text: label.label + " along " + x },
+        xaxis: { title: { text: x }, type: "linear" }, yaxis: { title: { text: label.title }, rangemode: "tozero" },
+        hovermode: "closest", margin: { l: 70, r: 20, t: 50, b: 60 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
+      }, { displaylogo: false, responsive: true });
+    }
+    xs.addEventListener("change", drawSweep);
+    ys.addEventListener("change", drawSweep);
+    drawSweep();
+  }
+
   Array.from(table.tBodies[0].rows).forEach((tr, i) => { tr.dataset.order = i; });
   Array.from(table.tHead.rows[0].cells).forEach((th, i) => {
     th.addEventListener("click", () => sortBy(i));
@@ -145,6 +191,7 @@
   fillSelect(ySelect, data.axes.y, data.default.y);
   xSelect.addEventListener("change", draw);
   ySelect.addEventListener("change", draw);
+  drawSweepWhenPresent();
   draw().then(() => {
     if (plot.on) plot.on("plotly_click", (ev) => { if (ev.points[0].customdata) showDetail(ev.points[0].customdata); });
   }).finally(() => { document.body.dataset.ready = "1"; });
