@@ -162,15 +162,27 @@ class Backend(abc.ABC):
         self, token_ids: Sequence[int], start: int = 0, block_rows: int = DEFAULT_BLOCK_ROWS
     ) -> Iterator[LogitBlock]:
         """Next-token logits of one sequence, block by block, with their targets."""
-        ids = np.ascontiguousarray(token_ids, dtype=np.int64)
-        if ids.ndim != 1 or len(ids) < 2:
-            raise ValueError(f"token_ids must be one sequence of at least 2 tokens, got shape {ids.shape}")
-        if not 0 <= start <= len(ids) - 2:
-            raise ValueError(f"start={start} must lie in [0, {len(ids) - 2}] for {len(ids)} tokens")
+        ids = _checked_sequence(token_ids, start)
+        yield from self._paired(ids, start, self._forward_logits(ids, start, block_rows))
+
+    def window_logit_blocks(
+        self, windows: Sequence[tuple[Sequence[int], int]], block_rows: int = DEFAULT_BLOCK_ROWS
+    ) -> Iterator[Iterator[LogitBlock]]:
+        """``logit_blocks`` of each (token_ids, start) of ``windows``, in order: one iterator per window.
+
+        Consume each window's blocks before asking for the next window: a runtime that decodes several
+        windows in one forward pass (llama.cpp, as llama-perplexity packs its chunks) hands out blocks of
+        a buffer the next pass overwrites. By default, one window at a time.
+        """
+        for token_ids, start in windows:
+            yield self.logit_blocks(token_ids, start, block_rows)
+
+    def _paired(self, ids: np.ndarray, start: int, logits: Iterator) -> Iterator[LogitBlock]:
+        """Each (n, V) block of ``logits`` with its targets, for positions ``start .. len(ids) - 2`` in order."""
         pos = start
-        for logits in self._forward_logits(ids, start, block_rows):
-            n = logits.shape[0]
-            yield LogitBlock(pos, logits, ids[pos + 1 : pos + 1 + n])
+        for block in logits:
+            n = block.shape[0]
+            yield LogitBlock(pos, block, ids[pos + 1 : pos + 1 + n])
             pos += n
         if pos != len(ids) - 1:
             raise RuntimeError(f"{self.variant.name}: backend yielded logits up to {pos}, expected {len(ids) - 1}")
@@ -260,6 +272,16 @@ class Backend(abc.ABC):
         tokens = self._generate_batch(ids, steps, stamps, kept)
         logits = np.stack(kept, axis=1) if kept else None
         return BatchGeneration(np.asarray(tokens, dtype=np.int64).reshape(shape[0], -1), start, stamps, logits)
+
+
+def _checked_sequence(token_ids: Sequence[int], start: int) -> np.ndarray:
+    """``token_ids`` as one int64 sequence of at least 2 tokens, with ``start`` among its scored positions."""
+    ids = np.ascontiguousarray(token_ids, dtype=np.int64)
+    if ids.ndim != 1 or len(ids) < 2:
+        raise ValueError(f"token_ids must be one sequence of at least 2 tokens, got shape {ids.shape}")
+    if not 0 <= start <= len(ids) - 2:
+        raise ValueError(f"start={start} must lie in [0, {len(ids) - 2}] for {len(ids)} tokens")
+    return ids
 
 
 def _checked_settings(backend: type, settings: Any) -> Any:

@@ -21,7 +21,7 @@ import numpy as np
 
 from harness.machine.nvml import cuda_index
 
-from ..base import Backend
+from ..base import DEFAULT_BLOCK_ROWS, Backend, _checked_sequence
 from ..eos import eos_ids
 from .config import CUDA_INSTALL, RUNTIME, LlamaCppSettings
 
@@ -47,7 +47,8 @@ class LlamaCppBackend(Backend):
         self._gpu = cuda_index(self.device)  # None on the CPU
         # start_batch's context of several sequences, made when the one it has is too small, and its depth.
         self._many = None
-        self._many_shape = (0, 0)  # (sequences, tokens per sequence) it holds
+        self._many_shape = (0, 0, 0)  # (sequences, tokens per sequence, n_batch) it holds
+        self._score_batch = None  # a llama_batch of score_batch tokens, made when windows are first packed
         self._depth = 0
 
     @classmethod
@@ -107,12 +108,12 @@ class LlamaCppBackend(Backend):
     def close(self) -> None:
         self._free_many()
         self._stack.close()
-        self._native = self._ctx = self._batch = self._one = self._one_batch = None
+        self._native = self._ctx = self._batch = self._one = self._one_batch = self._score_batch = None
 
     def _free_many(self) -> None:
         if self._many is not None:
             llama_cpp.llama_free(self._many)
-        self._many, self._many_shape = None, (0, 0)
+        self._many, self._many_shape = None, (0, 0, 0)
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -130,6 +131,7 @@ class LlamaCppBackend(Backend):
             "n_ctx": s.n_ctx,
             "n_batch": s.n_batch,
             "n_ubatch": s.n_ubatch,
+            "score_batch": s.score_batch,
             "flash_attn": s.flash_attn,
             "use_mmap": s.use_mmap,
             "n_gpu_layers": -1 if self._gpu is not None else 0,
@@ -149,9 +151,10 @@ class LlamaCppBackend(Backend):
         wanted[-1] |= logits == "last"
         self._decode_tokens(self._ctx, ids, pos0 + np.arange(n), np.zeros(n, dtype=np.int64), wanted)
 
-    def _decode_tokens(self, ctx, ids, positions, seqs, wanted) -> None:
-        """One ``llama_decode`` of tokens ``ids`` at ``positions`` of sequences ``seqs``, logits where ``wanted``."""
-        batch = self._batch
+    def _decode_tokens(self, ctx, ids, positions, seqs, wanted, batch=None) -> None:
+        """One ``llama_decode`` of tokens ``ids`` at ``positions`` of sequences ``seqs``, logits where ``wanted``
+        (in ``batch``, default the one of ``n_batch`` tokens)."""
+        batch = batch or self._batch
         for i, (token, pos, seq, want) in enumerate(zip(ids.tolist(), positions.tolist(), seqs.tolist(),
                                                         wanted.tolist())):
             batch.token[i] = token
@@ -192,24 +195,65 @@ class LlamaCppBackend(Backend):
             lo = hi
 
     # ---- several sequences (an operating point) ------------------------------------------------------
-    def _many_context(self, sequences: int, tokens: int):
-        """A context of ``sequences`` sequences with room for ``tokens`` each: the one kept, or a new one.
+    def _many_context(self, sequences: int, tokens: int, n_batch: int | None = None):
+        """A context of ``sequences`` sequences with room for ``tokens`` each, taking ``n_batch`` tokens per
+        ``llama_decode`` (default the setting's): the one kept, or a new one.
 
         Each sequence gets its own part of the cache (llama.cpp's default, not unified), as in
         llama-batched-bench, whose context holds ``n_seq_max`` = the most parallel sequences.
         """
         tokens = -(-tokens // CTX_PAD) * CTX_PAD  # llama.cpp pads a context to this: each sequence gets a whole share
-        if self._many_shape != (sequences, tokens):
+        n_batch = n_batch or self.settings.n_batch
+        if self._many_shape != (sequences, tokens, n_batch):
             self._free_many()
             params = llama_cpp.llama_context_params.from_buffer_copy(self._require_loaded().context_params)
             params.n_seq_max = sequences
             params.n_ctx = sequences * tokens
+            params.n_batch = n_batch
             self._many = llama_cpp.llama_init_from_model(self._native.model, params)
             if self._many is None:
                 raise RuntimeError(f"{self.variant.name}: llama.cpp could not make a context of {sequences} "
                                    f"sequences x {tokens} tokens")
-            self._many_shape = (sequences, tokens)
+            self._many_shape = (sequences, tokens, n_batch)
         return self._many
+
+    # ---- several windows scored in one pass, as llama-perplexity packs its chunks ---------------------
+    def window_logit_blocks(self, windows, block_rows: int = DEFAULT_BLOCK_ROWS):
+        """Windows packed ``score_batch`` tokens to a ``llama_decode``, one sequence each; a window alone
+        (or too long to share) takes the one-sequence path."""
+        budget, i = self.settings.score_batch, 0
+        while i < len(windows):
+            pack, tokens = [windows[i]], len(windows[i][0]) - 1
+            while i + len(pack) < len(windows) and tokens + len(windows[i + len(pack)][0]) - 1 <= budget:
+                tokens += len(windows[i + len(pack)][0]) - 1
+                pack.append(windows[i + len(pack)])
+            if len(pack) == 1:
+                yield self.logit_blocks(pack[0][0], pack[0][1], block_rows)
+            else:
+                yield from self._packed_blocks(pack, tokens, block_rows)
+            i += len(pack)
+
+    def _packed_blocks(self, pack, tokens: int, block_rows: int):
+        """One ``llama_decode`` of every window of ``pack`` (``tokens`` in all), then each window's blocks."""
+        sequences = [_checked_sequence(ids, start) for ids, start in pack]
+        ctx = self._many_context(len(pack), max(len(ids) for ids in sequences), self.settings.score_batch)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
+        inputs = [ids[:-1] for ids in sequences]  # the last token of each is only a target
+        flat = np.concatenate(inputs)
+        positions = np.concatenate([np.arange(len(x)) for x in inputs])
+        seqs = np.concatenate([np.full(len(x), j) for j, x in enumerate(inputs)])
+        wanted = np.concatenate([np.arange(len(x)) >= start for x, (_, start) in zip(inputs, pack)])
+        if self._score_batch is None:
+            self._score_batch = llama_cpp.llama_batch_init(self.settings.score_batch, 0, 1)
+            self._stack.callback(llama_cpp.llama_batch_free, self._score_batch)
+        self._decode_tokens(ctx, flat, positions, seqs, wanted, self._score_batch)
+        outputs = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(int(wanted.sum()), self._n_vocab))
+        first = 0
+        for ids, (_, start) in zip(sequences, pack):
+            n = len(ids) - 1 - start
+            yield self._paired(ids, start, (outputs[lo : min(lo + block_rows, first + n)].copy()
+                                            for lo in range(first, first + n, block_rows)))
+            first += n
 
     def _decode_rows(self, ctx, rows: np.ndarray, pos0: int, last_logits: bool, kept: np.ndarray | None = None):
         """Decode each row of ``rows`` as its own sequence from ``pos0``, ``n_batch`` tokens per call,

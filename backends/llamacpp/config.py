@@ -25,6 +25,9 @@ class LlamaCppSettings:
     n_ctx: int = field(default=4096, metadata=_sizes("context size: the longest sequence scored or generated"))
     n_batch: int = field(default=512, metadata=_sizes("logical batch: tokens per llama_decode call"))
     n_ubatch: int = field(default=512, metadata=_sizes("physical batch: tokens per graph evaluation"))
+    score_batch: int = field(default=2048, metadata=_sizes(
+        "tokens per llama_decode when scoring text: that many over the window's, windows decoded together "
+        "(llama-perplexity's -b)"))
     # On: llama-bench's default (auto) turns it on for the CPU, and leaving it off
     # (llama-cpp-python's default) cost 10-30% of prefill speed where we measured it.
     flash_attn: bool = field(default=True, metadata={"help": "use llama.cpp's flash-attention kernels"})
@@ -42,3 +45,5 @@ class LlamaCppSettings:
                 f"n_ubatch={self.n_ubatch}, n_batch={self.n_batch}, n_ctx={self.n_ctx}: "
                 "pass sizes with 0 < n_ubatch <= n_batch <= n_ctx"
             )
+        if self.score_batch < 1:
+            raise ValueError(f"score_batch={self.score_batch}: pass 1 or more")

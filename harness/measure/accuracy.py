@@ -96,8 +96,9 @@ def score_variant(
     nll = RunningStats()
     against = ReferenceComparison() if reference is not None else None
     n_bytes = n_words = 0
-    for index, window in enumerate(windows):
-        blocks = backend.logit_blocks(window.token_ids, start=window.score_start, block_rows=block_rows)
+    # The variant's windows may come several to a forward pass (llama.cpp); each is consumed before the next.
+    packed = backend.window_logit_blocks([(w.token_ids, w.score_start) for w in windows], block_rows)
+    for index, (window, blocks) in enumerate(zip(windows, packed)):
         if reference is None:
             for block in blocks if record is None else record.tee(blocks):
                 nll.add(token_nll(block.logits, block.targets))
