@@ -129,9 +129,9 @@ def with_llama_rounding(backend, reference, windows) -> dict:
     from harness.measure.accuracy import aligned_rows
 
     kld, same = [], []
-    for index, window in enumerate(windows):
-        # score_variant's block size: with flash attention llama.cpp's logits depend on how a window is cut.
-        blocks = backend.logit_blocks(window.token_ids, start=window.score_start, block_rows=DEFAULT_BLOCK_ROWS)
+    # score_variant's blocks and packing: with flash attention llama.cpp's logits depend on how a window is cut.
+    packed = backend.window_logit_blocks([(w.token_ids, w.score_start) for w in windows], DEFAULT_BLOCK_ROWS)
+    for index, blocks in enumerate(packed):
         for ref_logits, test_logits, _ in aligned_rows(reference.window_blocks(index, DEFAULT_BLOCK_ROWS), blocks):
             for row in range(0, len(ref_logits), 32):  # float64 temporaries of 32 rows at a time
                 row_kld, row_same = llama_base_rounding(ref_logits[row:row + 32], test_logits[row:row + 32])

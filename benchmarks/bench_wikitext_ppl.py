@@ -5,9 +5,15 @@ the same ``chunked`` windows (llama-perplexity's protocol) and prints PPL ±,
 tokens scored and the wall time of each. With ``--llama-perplexity`` each
 llama.cpp variant is also run through ``llama-perplexity -f TEXT -c CTX`` (built by
 ``build_llama_tools.sh``) on the same chunks, and both numbers are printed side by side.
+llama-perplexity packs ``-b / -c`` chunks into one batch (its default ``-b 2048``: 4 chunks of 512); it
+runs with the harness's ``score_batch`` (2048 by default), so both pack alike. ``--rounds N`` alternates
+the two N times per variant and prints the median wall times, their spreads and the ratio
+harness / llama-perplexity; the harness's time is its load plus its scoring (the text is tokenized
+once, before), llama-perplexity's is its whole process (its load and its tokenization of the whole file
+included).
 
     python benchmarks/bench_wikitext_ppl.py                                  # wiki.test.raw, the 5 variants below
-    python benchmarks/bench_wikitext_ppl.py --variants llamacpp-f32 --max-chunks 40 --llama-perplexity
+    python benchmarks/bench_wikitext_ppl.py --variants llamacpp-f32 --max-chunks 100 --llama-perplexity --rounds 3
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from common import loaded_backend, prepared_variants
 
 from harness.kernels import set_num_threads
@@ -32,8 +39,9 @@ DEFAULT_VARIANTS = "llamacpp-f32,llamacpp-q8_0,llamacpp-q4_k_m,ort-fp32,torch-fp
 FINAL_ESTIMATE = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
 
 
-def llama_perplexity(binary: Path, gguf: str, text: Path, ctx: int, threads: int, chunks: int | None) -> dict:
-    command = [str(binary), "-m", gguf, "-f", str(text), "-c", str(ctx), "-b", str(ctx), "-t", str(threads)]
+def llama_perplexity(binary: Path, gguf: str, text: Path, ctx: int, threads: int, chunks: int | None,
+                     batch: int) -> dict:
+    command = [str(binary), "-m", gguf, "-f", str(text), "-c", str(ctx), "-b", str(batch), "-t", str(threads)]
     if chunks:
         command += ["--chunks", str(chunks)]
     t0 = time.perf_counter()
@@ -59,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=usable_cpus())
     parser.add_argument("--llama-perplexity", nargs="?", const="default", default=None,
                         help="also run llama-perplexity (optionally its path) on each llama.cpp variant")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of the harness and llama-perplexity")
     parser.add_argument("--json", action="store_true", help="print one JSON object keyed by variant")
     args = parser.parse_args(argv)
 
@@ -88,22 +97,30 @@ def main(argv: list[str] | None = None) -> int:
     set_num_threads(args.threads)
     results = {}
     for name in names:
-        backend = loaded_backend(variants[name], args.threads)
-        try:
+        walls, peers = [], []
+        for _ in range(args.rounds):
             t0 = time.perf_counter()
-            accuracy = score_variant(backend, windows, None, text=text)
-            wall_s = time.perf_counter() - t0
-        finally:
-            backend.close()
-        row = {key: accuracy[key] for key in ("ppl", "ppl_stderr", "nll_mean", "tokens_scored", "word_ppl",
+            backend = loaded_backend(variants[name], args.threads)
+            try:
+                accuracy = score_variant(backend, windows, None, text=text)
+                walls.append(time.perf_counter() - t0)
+                score_batch = getattr(backend.settings, "score_batch", 2048)
+            finally:
+                backend.close()
+            if binary is not None and variants[name].runtime == "llamacpp":
+                peers.append(llama_perplexity(binary, variants[name].path, args.text, args.ctx, args.threads,
+                                              args.max_chunks, score_batch))
+        row = {key: getattr(accuracy, key) for key in ("ppl", "ppl_stderr", "nll_mean", "tokens_scored", "word_ppl",
                                               "bits_per_byte")}
-        row["wall_s"] = wall_s
-        if binary is not None and variants[name].runtime == "llamacpp":
-            row["llama_perplexity"] = llama_perplexity(binary, variants[name].path, args.text, args.ctx,
-                                                       args.threads, args.max_chunks)
+        row["wall_s"], row["wall_s_spread"] = float(np.median(walls)), [min(walls), max(walls)]
+        if peers:
+            peer_walls = [p["wall_s"] for p in peers]
+            row["llama_perplexity"] = {**peers[-1], "wall_s": float(np.median(peer_walls)),
+                                       "wall_s_spread": [min(peer_walls), max(peer_walls)]}
+            row["time_ratio"] = row["wall_s"] / row["llama_perplexity"]["wall_s"]
         results[name] = row
         print(f"{name}: PPL {row['ppl']:.4f} ± {row['ppl_stderr']:.4f}, {row['tokens_scored']} tokens, "
-              f"{wall_s:.0f} s", file=sys.stderr, flush=True)
+              f"{row['wall_s']:.1f} s", file=sys.stderr, flush=True)
 
     if args.json:
         print(json.dumps(results, indent=2))
@@ -113,11 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, r in results.items():
         peer = r.get("llama_perplexity")
-        rows.append([name, f"{r['ppl']:.4f} ± {r['ppl_stderr']:.4f}", r["tokens_scored"], f"{r['wall_s']:.0f}",
+        spread = "[{:.1f}-{:.1f}]"
+        rows.append([name, f"{r['ppl']:.4f} ± {r['ppl_stderr']:.4f}", r["tokens_scored"],
+                     f"{r['wall_s']:.1f} " + spread.format(*r["wall_s_spread"]),
                      f"{peer['ppl']:.4f} ± {peer['ppl_stderr']:.4f}" if peer else "",
-                     f"{peer['wall_s']:.0f}" if peer else ""])
+                     f"{peer['wall_s']:.1f} " + spread.format(*peer["wall_s_spread"]) if peer else "",
+                     f"{r['time_ratio']:.3f}" if peer else ""])
+    print(f"{args.rounds} round(s), median wall s [min-max]; harness: load + scoring, llama-perplexity: its process")
     print(tabulate(rows, headers=["variant", "PPL ±", "tokens scored", "wall s", "llama-perplexity PPL ±",
-                                  "its wall s"]))
+                                  "its wall s", "harness/llama-perplexity"], disable_numparse=True))
     return 0
 
 
