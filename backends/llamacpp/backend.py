@@ -29,6 +29,10 @@ from .config import CUDA_INSTALL, RUNTIME, LlamaCppSettings
 CTX_PAD = 256  # llama.cpp rounds n_ctx up to a multiple of 256
 
 
+def _padded(tokens: int) -> int:
+    return -(-tokens // CTX_PAD) * CTX_PAD
+
+
 class LlamaCppBackend(Backend):
     """A GGUF file in llama.cpp, one sequence at a time, the KV cache cleared per sequence."""
 
@@ -195,16 +199,19 @@ class LlamaCppBackend(Backend):
             lo = hi
 
     # ---- several sequences (an operating point) ------------------------------------------------------
-    def _many_context(self, sequences: int, tokens: int, n_batch: int | None = None):
+    def _many_context(self, sequences: int, tokens: int, n_batch: int | None = None, larger: bool = False):
         """A context of ``sequences`` sequences with room for ``tokens`` each, taking ``n_batch`` tokens per
-        ``llama_decode`` (default the setting's): the one kept, or a new one.
+        ``llama_decode`` (default the setting's): the one kept, or a new one. With ``larger`` a kept context
+        with room for more sequences or tokens serves too (scoring: a new context costs its allocation).
 
         Each sequence gets its own part of the cache (llama.cpp's default, not unified), as in
         llama-batched-bench, whose context holds ``n_seq_max`` = the most parallel sequences.
         """
-        tokens = -(-tokens // CTX_PAD) * CTX_PAD  # llama.cpp pads a context to this: each sequence gets a whole share
+        tokens = _padded(tokens)  # llama.cpp pads a context to this: each sequence gets a whole share
         n_batch = n_batch or self.settings.n_batch
-        if self._many_shape != (sequences, tokens, n_batch):
+        kept_sequences, kept_tokens, kept_batch = self._many_shape
+        fits = larger and kept_batch == n_batch and kept_sequences >= sequences and kept_tokens >= tokens
+        if self._many_shape != (sequences, tokens, n_batch) and not fits:
             self._free_many()
             params = llama_cpp.llama_context_params.from_buffer_copy(self._require_loaded().context_params)
             params.n_seq_max = sequences
@@ -219,24 +226,29 @@ class LlamaCppBackend(Backend):
 
     # ---- several windows scored in one pass, as llama-perplexity packs its chunks ---------------------
     def window_logit_blocks(self, windows, block_rows: int = DEFAULT_BLOCK_ROWS):
-        """Windows packed ``score_batch`` tokens to a ``llama_decode``, one sequence each; a window alone
-        (or too long to share) takes the one-sequence path."""
-        budget, i = self.settings.score_batch, 0
+        """Windows packed into one ``llama_decode`` each, one sequence each, while their cache cells (each
+        sequence's length, padded as llama.cpp pads a context) fit in ``score_batch``: four windows of 512
+        as llama-perplexity's default packs them, more short lm-eval requests. A window alone (or one that
+        shares with none) takes the one-sequence path."""
+        budget, most, i = self.settings.score_batch, llama_cpp.llama_max_parallel_sequences(), 0
         while i < len(windows):
-            pack, tokens = [windows[i]], len(windows[i][0]) - 1
-            while i + len(pack) < len(windows) and tokens + len(windows[i + len(pack)][0]) - 1 <= budget:
-                tokens += len(windows[i + len(pack)][0]) - 1
+            pack, longest = [windows[i]], _padded(len(windows[i][0]))
+            while i + len(pack) < len(windows) and len(pack) < most:
+                longer = max(longest, _padded(len(windows[i + len(pack)][0])))
+                if (len(pack) + 1) * longer > budget:
+                    break
                 pack.append(windows[i + len(pack)])
+                longest = longer
             if len(pack) == 1:
                 yield self.logit_blocks(pack[0][0], pack[0][1], block_rows)
             else:
-                yield from self._packed_blocks(pack, tokens, block_rows)
+                yield from self._packed_blocks(pack, block_rows)
             i += len(pack)
 
-    def _packed_blocks(self, pack, tokens: int, block_rows: int):
-        """One ``llama_decode`` of every window of ``pack`` (``tokens`` in all), then each window's blocks."""
+    def _packed_blocks(self, pack, block_rows: int):
+        """One ``llama_decode`` of every window of ``pack``, then each window's blocks."""
         sequences = [_checked_sequence(ids, start) for ids, start in pack]
-        ctx = self._many_context(len(pack), max(len(ids) for ids in sequences), self.settings.score_batch)
+        ctx = self._many_context(len(pack), max(len(ids) for ids in sequences), self.settings.score_batch, larger=True)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
         inputs = [ids[:-1] for ids in sequences]  # the last token of each is only a target
         flat = np.concatenate(inputs)

@@ -157,7 +157,8 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
     from lm_eval.api.model import TemplateLM
 
     class BackendLM(TemplateLM):
-        """lm-eval's model interface on a harness ``Backend``: greedy, one sequence per forward pass."""
+        """lm-eval's model interface on a harness ``Backend``: greedy; requests packed into forward passes where
+        the runtime packs them (``Backend.window_logit_blocks``)."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -187,10 +188,12 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
             shared: dict[tuple, list[int]] = {}
             for i, (ids, start) in enumerate(sequences):
                 shared.setdefault((tuple(ids[:-1]), start), []).append(i)
+            groups = list(shared.values())
+            # Several requests to a forward pass where the runtime packs them (llama.cpp: one sequence each).
+            packed = self.backend.window_logit_blocks([sequences[members[0]] for members in groups])
             out: list[tuple[float, bool] | None] = [None] * len(requests)
-            for members in shared.values():
-                ids, start = sequences[members[0]]
-                blocks = (block.logits for block in self.backend.logit_blocks(ids, start))
+            for members, blocks in zip(groups, packed):
+                blocks = (block.logits for block in blocks)
                 blocks = list(blocks) if len(members) > 1 else blocks  # kept only while they are shared
                 for i in members:
                     out[i] = _scored(blocks, sequences[i][0][sequences[i][1] + 1:])
@@ -204,19 +207,18 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
             ids = (list(context_enc) + list(continuation_enc))[-(self.max_length + 1):]
             return ids, len(ids) - len(continuation_enc) - 1
 
-        def _score(self, context_enc: Sequence[int], continuation_enc: Sequence[int]) -> tuple[float, bool]:
-            ids, start = self._sequence(context_enc, continuation_enc)
-            return _scored((block.logits for block in self.backend.logit_blocks(ids, start)), ids[start + 1:])
-
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
             from lm_eval import utils
 
             out = []
             for (string,) in (req.args for req in requests):
-                windows = map(utils.make_disjoint_window, utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1))
-                out.append(sum(self._score(context, continuation)[0] for context, continuation in windows))
+                windows = [self._sequence(context, continuation) for context, continuation in map(
+                    utils.make_disjoint_window, utils.get_rolling_token_windows(
+                        token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                        max_seq_len=self.max_length, context_len=1))]
+                packed = self.backend.window_logit_blocks(windows)
+                out.append(sum(_scored((block.logits for block in blocks), ids[start + 1:])[0]
+                               for (ids, start), blocks in zip(windows, packed)))
                 self.cache_hook.add_partial("loglikelihood_rolling", (string,), out[-1])
             return out
 
