@@ -86,3 +86,28 @@ def test_generate_batch_checks_its_arguments(prepared):
             backend.generate_batch(np.ones((2, 4), dtype=np.int64), 2)
         with pytest.raises(ValueError, match="prompt_ids must be"):
             backend.generate_batch(np.ones((3, 2), dtype=np.int64), 2)
+
+
+@pytest.mark.parametrize("name", ("llamacpp-f32", "llamacpp-q8_0", "torch-fp32", "ort-fp32"))
+def test_windows_scored_together_equal_each_window_scored_alone(prepared, token_ids_pool, name):
+    """Perplexity's windows and lm-eval's requests may share a forward pass (llama.cpp packs those of one
+    length, torch any): every window's logits are its own, bit for bit in llama.cpp and where the windows are
+    alike, within 1e-4 otherwise."""
+    from harness.kernels import token_nll
+
+    ids = _draw(token_ids_pool, 5, (1, 4 * 128 + 90))[0]
+    windows = [(ids[i * 128 : (i + 1) * 128], 0 if i == 0 else 64) for i in range(4)]
+    windows += [(ids[512:512 + 40], 30), (ids[512:512 + 90], 5)]  # two short ones of other lengths
+    with open_backend(prepared[name], threads=1) as backend:
+        alone = [np.concatenate([token_nll(b.logits, b.targets) for b in backend.logit_blocks(w, s, 64)])
+                 for w, s in windows]
+        together = [np.concatenate([token_nll(b.logits, b.targets) for b in blocks])
+                    for blocks in backend.window_logit_blocks(windows, 64)]
+    assert [len(x) for x in together] == [len(x) for x in alone]
+    worst_alike = max(float(np.abs(a - t).max()) for a, t in zip(alone[:4], together[:4]))
+    worst = max(float(np.abs(a - t).max()) for a, t in zip(alone, together))
+    print(f"{name}: packed vs alone, max |NLL difference| {worst_alike:.1e} (alike), {worst:.1e} (all)")
+    assert worst <= 1e-4, name
+    assert worst_alike == 0.0 or backend.runtime == "torch", name  # torch: one float's rounding per GEMM shape
+    if backend.runtime == "llamacpp":
+        assert worst == 0.0, name

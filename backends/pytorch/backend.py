@@ -19,9 +19,12 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from harness.kernels import device_scoring_available
 from harness.machine.nvml import cuda_index
 
-from ..base import Backend
+from ..base import DEFAULT_BLOCK_ROWS, Backend, _checked_sequence
 from ..eos import eos_ids
 from .config import CUDA_INSTALL, RUNTIME, TORCH_DTYPES, TorchSettings
+
+
+PACK_TOKENS = 2048  # tokens of one packed scoring forward pass, padding included (llama-perplexity's -b)
 
 
 class TorchBackend(Backend):
@@ -103,13 +106,48 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             input_ids = torch.from_numpy(token_ids[:-1]).unsqueeze(0).to(self.device)
             hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[0]  # (T-1, H)
+        yield from self._head_blocks(model.get_output_embeddings(), hidden, start, block_rows)
+
+    def window_logit_blocks(self, windows, block_rows: int = DEFAULT_BLOCK_ROWS):
+        """Windows (or lm-eval requests) run several to a forward pass while their longest times their number
+        fits ``PACK_TOKENS``: right-padded to the longest, which a causal model never attends to, so each
+        sequence's logits are its own; the head still runs one block of rows at a time."""
+        i = 0
+        while i < len(windows):
+            pack, longest = [windows[i]], len(windows[i][0])
+            while i + len(pack) < len(windows):
+                longer = max(longest, len(windows[i + len(pack)][0]))
+                if (len(pack) + 1) * longer > PACK_TOKENS:
+                    break
+                pack.append(windows[i + len(pack)])
+                longest = longer
+            if len(pack) == 1:
+                yield self.logit_blocks(pack[0][0], pack[0][1], block_rows)
+            else:
+                yield from self._packed_blocks(pack, block_rows)
+            i += len(pack)
+
+    def _packed_blocks(self, pack, block_rows: int):
+        model = self._require_loaded()
+        self._apply_threads()
+        sequences = [_checked_sequence(ids, start) for ids, start in pack]
+        inputs = np.zeros((len(pack), max(len(ids) for ids in sequences) - 1), dtype=np.int64)
+        for row, ids in zip(inputs, sequences):
+            row[: len(ids) - 1] = ids[:-1]  # the rest is padding after the sequence: no real token sees it
+        with torch.inference_mode():
+            hidden = model.base_model(input_ids=torch.from_numpy(inputs).to(self.device), use_cache=False)
+            hidden = hidden.last_hidden_state  # (sequences, longest, H)
         head = model.get_output_embeddings()
+        for j, (ids, (_, start)) in enumerate(zip(sequences, pack)):
+            yield self._paired(ids, start, self._head_blocks(head, hidden[j, : len(ids) - 1], start, block_rows))
+
+    def _head_blocks(self, head, hidden, start: int, block_rows: int):
+        """The logits of ``hidden``'s rows from ``start`` on, ``block_rows`` at a time (host or device blocks)."""
         for lo in range(start, hidden.shape[0], block_rows):
             self._apply_threads()  # the caller's kernels ran between blocks
             with torch.inference_mode():
                 logits = head(hidden[lo : lo + block_rows]).float().contiguous()  # (n, V)
-                block = logits if self.scores_on_device else np.ascontiguousarray(logits.cpu().numpy())
-            yield block
+                yield logits if self.scores_on_device else np.ascontiguousarray(logits.cpu().numpy())
 
     def _generate(self, prompt_ids: np.ndarray, max_new_tokens: int, stamp: list[float]) -> list[int]:
         model = self._require_loaded()

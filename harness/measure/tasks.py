@@ -188,8 +188,8 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
             shared: dict[tuple, list[int]] = {}
             for i, (ids, start) in enumerate(sequences):
                 shared.setdefault((tuple(ids[:-1]), start), []).append(i)
-            groups = list(shared.values())
-            # Several requests to a forward pass where the runtime packs them (llama.cpp: one sequence each).
+            # By length, so requests a runtime packs together (llama.cpp: those of one length) sit side by side.
+            groups = sorted(shared.values(), key=lambda members: len(sequences[members[0]][0]))
             packed = self.backend.window_logit_blocks([sequences[members[0]] for members in groups])
             out: list[tuple[float, bool] | None] = [None] * len(requests)
             for members, blocks in zip(groups, packed):
