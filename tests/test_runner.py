@@ -259,3 +259,25 @@ def test_a_childs_output_native_writes_included_goes_to_its_log_not_the_terminal
                                                         f"python stdout of {name}"]
     out, err = capfd.readouterr()
     assert "native" not in out + err and "python stdout" not in out + err
+
+
+def test_a_variants_points_are_jobs_of_their_own_failing_and_resuming_apart(tmp_path):
+    """--sweep's (variant, point) jobs: one variant's name, a key per point; a point that dies (here out of
+    time) is a failed row of that point only, and a resumed run redoes just it."""
+    from dataclasses import replace
+
+    from harness.results import Point
+
+    path, log = tmp_path / "results.jsonl", str(tmp_path / "runs.log")
+    own = job("a", args=("a", log))
+    deep, shallow = Point(4096, 8, 2, 512, 32), Point(0, 1, 2, 512, 32)
+    points = [replace(job("a", args=("a", log)), point=shallow), replace(job("a", hang, ()), point=deep)]
+    rows = run_variants([own, *points], path, timeout_s=3.0)
+    assert [(r.variant, r.point, r.status) for r in rows] == [("a", None, "ok"), ("a", shallow, "ok"),
+                                                              ("a", deep, "failed")]
+    assert rows[2].error == "timed out after 3 s"
+    assert len({r.key for r in read_results(path)}) == 3
+    retried = [own, points[0], replace(job("a", args=("a", log)), point=deep)]
+    rows = run_variants(retried, path, timeout_s=60, resume=True, retry_failed=True)
+    assert [r.status for r in rows] == ["ok", "ok", "ok"] and rows[2].point == deep
+    assert _executions(log) == {"a": 3}  # the variant's own job, its shallow point, then its deep point once
