@@ -91,6 +91,8 @@ def run_compare(config: CompareConfig) -> int:
             print(f"{model.name}: scoring {model.tokens_scored} tokens of {model.text.corpus_name} "
                   f"({len(model.windows)} windows of {config.ctx}, {config.protocol}) per variant; "
                   f"reference {model.reference.name if model.reference else 'none'}", file=sys.stderr)
+        if point_jobs:
+            print(f"sweep: {_sweep_size(point_jobs)}, measured after the variants' own point", file=sys.stderr)
         by_key = {row.key: row for row in _measure(jobs, out_dir, config)}
         if point_jobs:
             _print_sweep_size(point_jobs, by_key, config)
@@ -329,15 +331,20 @@ def _point_jobs(model: _Model, inputs: MeasureInputs, points, out_dir: Path, sev
             for v in model.variants for point in points]
 
 
+def _sweep_size(point_jobs: list[VariantJob]) -> str:
+    variants, points = len({(j.model, j.variant) for j in point_jobs}), len({j.point.key for j in point_jobs})
+    return f"{variants} variants x {points} points = {len(point_jobs)} measurements"
+
+
 def _print_sweep_size(point_jobs: list[VariantJob], rows: dict, config: CompareConfig) -> None:
     """The sweep's size and an estimate of its time from each variant's own point (its load, prefill and decode)."""
     total = 0.0
     for job in point_jobs:
         own = rows.get((job.model, job.variant, None))
         total += _point_estimate_s(job.point, own.efficiency if own and own.ok else None, config)
-    variants, points = len({(j.model, j.variant) for j in point_jobs}), len({j.point.key for j in point_jobs})
-    print(f"sweep: {variants} variants x {points} points = {len(point_jobs)} measurements, about "
-          f"{total / 60:.0f} min (estimated from each variant's own point)", file=sys.stderr, flush=True)
+    estimate = f"{total / 60:.0f} min" if total >= 120 else f"{total:.0f} s"
+    print(f"sweep: {_sweep_size(point_jobs)}, about {estimate} (estimated from each variant's own point)",
+          file=sys.stderr, flush=True)
 
 
 def _point_estimate_s(point, own, config: CompareConfig) -> float:
