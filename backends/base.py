@@ -222,7 +222,8 @@ class Backend(abc.ABC):
     # ---- several sequences at once, on top of a filled cache (an operating point) ---------------
     def _start_batch(self, depth_ids: np.ndarray, room: int) -> None:
         """Make a cache for ``len(depth_ids)`` sequences of ``depth + room`` tokens each, and fill it with
-        ``depth_ids`` (sequences, depth), one row per sequence; depth may be 0."""
+        ``depth_ids`` (sequences, depth), one row per sequence; depth may be 0. Rows all alike may be
+        computed once and copied into each sequence's own cache (llama-batched-bench's shared prompt)."""
         raise NotImplementedError(f"the {self.runtime or type(self).__name__} backend decodes no batches")
 
     def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float],

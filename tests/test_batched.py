@@ -32,12 +32,16 @@ def _depth(runtime: str) -> int:
     return 0 if runtime == "ort" else DEPTH
 
 
+@pytest.mark.parametrize("shared", (False, True), ids=("own-depths", "one-depth-copied"))
 @pytest.mark.parametrize("name", FP32)
-def test_batched_decoding_equals_each_sequence_alone(prepared, token_ids_pool, name):
+def test_batched_decoding_equals_each_sequence_alone(prepared, token_ids_pool, name, shared):
+    """Each sequence its own depth, or one depth filled once and copied into every sequence's cache (what a
+    point does): either way each sequence decodes as it does alone."""
     variant = prepared[name]
     with open_backend(variant, threads=1) as backend:
         depth = _depth(backend.runtime)
-        depth_ids = _draw(token_ids_pool, 1, (SEQUENCES, depth))
+        depth_ids = _draw(token_ids_pool, 1, (1 if shared else SEQUENCES, depth))
+        depth_ids = np.repeat(depth_ids, SEQUENCES, axis=0) if shared else depth_ids
         prompts = _draw(token_ids_pool, 2, (SEQUENCES, PROMPT))
         backend.start_batch(depth_ids, PROMPT + STEPS)
         batched = backend.generate_batch(prompts, STEPS, keep_logits=True)

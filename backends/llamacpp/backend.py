@@ -29,6 +29,10 @@ from .config import CUDA_INSTALL, RUNTIME, LlamaCppSettings
 CTX_PAD = 256  # llama.cpp rounds n_ctx up to a multiple of 256
 
 
+def _rows_alike(rows: np.ndarray) -> bool:
+    return bool((rows == rows[:1]).all())
+
+
 def _padded(tokens: int) -> int:
     return -(-tokens // CTX_PAD) * CTX_PAD
 
@@ -279,31 +283,44 @@ class LlamaCppBackend(Backend):
             first += n
 
     def _decode_rows(self, ctx, rows: np.ndarray, pos0: int, last_logits: bool, kept: np.ndarray | None = None):
-        """Decode each row of ``rows`` as its own sequence from ``pos0``, ``n_batch`` tokens per call,
-        sequence after sequence; with ``last_logits`` the argmax at each row's last token (and its logits
-        copied into ``kept``, (sequences, V), when given)."""
+        """Decode each row of ``rows`` as its own sequence from ``pos0``; with ``last_logits`` the argmax at each
+        row's last token (and its logits copied into ``kept``, (sequences, V), when given).
+
+        A ``llama_decode`` holds whole rows, as many as fit ``n_batch`` tokens, or one piece of one row:
+        llama.cpp splits a batch of several sequences into equal shares per sequence, and a sequence cut
+        unevenly beside another came out wrong (a logit off by 13 in a test of this build), so no decode
+        mixes a piece of one row with another row. For prompts of 512 and n_batch 512 this is
+        llama-batched-bench's own batching.
+        """
         sequences, width = rows.shape
-        seqs = np.repeat(np.arange(sequences), width)
-        positions = np.tile(pos0 + np.arange(width), sequences)
-        wanted = np.tile(np.arange(width) == width - 1, sequences) & last_logits
-        flat = rows.reshape(-1)
         argmax = np.empty(sequences, dtype=np.int64)
         step = self.settings.n_batch
-        for lo in range(0, len(flat), step):
-            part = slice(lo, lo + step)
-            self._decode_tokens(ctx, flat[part], positions[part], seqs[part], wanted[part])
-            for i in np.flatnonzero(wanted[part]):  # read before the next call overwrites them
-                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, int(i)), shape=(self._n_vocab,))
-                argmax[seqs[lo + i]] = int(np.argmax(row))
-                if kept is not None:
-                    kept[seqs[lo + i]] = row
+        together = max(1, step // width) if width else sequences
+        for first in range(0, sequences, together):
+            seqs = np.arange(first, min(sequences, first + together))
+            for lo in range(0, width, step):  # whole rows when together > 1, else pieces of one row
+                hi = min(width, lo + step)
+                wanted = np.tile(np.arange(lo, hi) == width - 1, len(seqs)) & last_logits
+                self._decode_tokens(ctx, rows[seqs, lo:hi].reshape(-1), np.tile(pos0 + np.arange(lo, hi), len(seqs)),
+                                    np.repeat(seqs, hi - lo), wanted)
+                for i in np.flatnonzero(wanted):  # read before the next call overwrites them
+                    row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, int(i)), shape=(self._n_vocab,))
+                    seq = seqs[i // (hi - lo)]
+                    argmax[seq] = int(np.argmax(row))
+                    if kept is not None:
+                        kept[seq] = row
         return argmax if last_logits else None
 
     def _start_batch(self, depth_ids: np.ndarray, room: int) -> None:
         sequences, depth = depth_ids.shape
         ctx = self._many_context(sequences, depth + room)
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
-        if depth:
+        memory = llama_cpp.llama_get_memory(ctx)
+        llama_cpp.llama_memory_clear(memory, False)
+        if depth and _rows_alike(depth_ids):  # one fill, copied to every sequence's own cells
+            self._decode_rows(ctx, depth_ids[:1], 0, last_logits=False)
+            for seq in range(1, sequences):
+                llama_cpp.llama_memory_seq_cp(memory, 0, seq, -1, -1)
+        elif depth:
             self._decode_rows(ctx, depth_ids, 0, last_logits=False)
         self._depth = depth
 

@@ -174,10 +174,13 @@ class TorchBackend(Backend):
         model = self._require_loaded()
         self._apply_threads()
         self._many, self._depth = DynamicCache(config=model.config), depth_ids.shape[1]
+        alike = bool((depth_ids == depth_ids[:1]).all())  # one fill, repeated for every sequence
         if self._depth:
             with torch.inference_mode():
-                model(input_ids=torch.from_numpy(depth_ids).to(self.device), cache=self._many, use_cache=True,
-                      logits_to_keep=1)
+                model(input_ids=torch.from_numpy(depth_ids[:1] if alike else depth_ids).to(self.device),
+                      cache=self._many, use_cache=True, logits_to_keep=1)
+                if alike and len(depth_ids) > 1:
+                    self._many.batch_repeat_interleave(len(depth_ids))
 
     def _generate_batch(self, prompt_ids: np.ndarray, steps: int, stamp: list[float],
                         logits: list | None = None) -> np.ndarray:

@@ -191,8 +191,9 @@ def measure_point(
 ) -> Efficiency:
     """The efficiency of a loaded ``backend`` at an operating point (``harness.results.Point``).
 
-    Each sequence's cache is filled with ``point.depth`` random tokens once, untimed (llama-bench's
-    ``-d``); every test then runs on top of it and leaves it at the depth again. Prefill: ``point.batch``
+    Each sequence's cache is filled with the same ``point.depth`` random tokens once, untimed (llama-bench's
+    ``-d``; computed once and copied into every sequence's own cache); every test then runs on top of it and
+    leaves it at the depth again. Prefill: ``point.batch``
     prompts of ``point.prompt`` tokens, prefilled together to their first tokens; its speed is all their
     tokens over that time (llama-batched-bench's S_PP). Decode: one token per sequence, then
     ``point.gen`` steps of all sequences at once; its speed is every sequence's tokens over the time
@@ -212,7 +213,9 @@ def measure_point(
         generation = backend.generate_batch(draw(rows).reshape(rows, 1), point.gen)
         return generation.start_s, generation.step_times_s, rows
 
-    backend.start_batch(draw(rows * point.depth).reshape(rows, point.depth), max(point.prompt, point.gen) + 1)
+    # One depth for every sequence: the runtime fills it once and copies it into each sequence's own cache,
+    # so a deep point's untimed fill costs one sequence's prefill, not batch of them.
+    backend.start_batch(np.repeat(draw(point.depth)[None, :], rows, axis=0), max(point.prompt, point.gen) + 1)
     tests = _Tests(prefill, decode, rows * point.prompt)
     start = clock()
     for _ in range(warmup):
