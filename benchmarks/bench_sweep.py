@@ -183,13 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     else:
         prepared = prepared_variants()
         variants = [prepared[name] for name in ("llamacpp-q8_0", "llamacpp-q4_k_m") if name in prepared]
-    results = {"files": [bench_file(v, tools, args) for v in variants]}
+    results: dict = {"files": []}
+    for variant in variants:  # each file's figures are kept (printed, written) as soon as they are measured
+        results["files"].append(bench_file(variant, tools, args))
+        _keep(results, args, {"files": results["files"][-1:]})
     if args.runtimes:
         results["runtimes"] = runtime_gains(args)
+        _keep(results, args, {"files": [], "runtimes": results["runtimes"]})
+    return 0
+
+
+def _keep(results: dict, args, new: dict) -> None:
+    """Write everything measured so far (--json) and print what is new."""
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    _print(results, args)
-    return 0
+    _print(new, args)
+    sys.stdout.flush()
 
 
 def _fmt(stats: dict) -> str:
@@ -200,7 +209,8 @@ def _fmt(stats: dict) -> str:
 def _print(results: dict, args) -> None:
     from tabulate import tabulate
 
-    print(f"pp{PROMPT}/tg{GEN}, {args.rounds} alternating rounds of {args.reps} repetitions; tok/s median [min-max]")
+    if results["files"]:
+        print(f"pp{PROMPT}/tg{GEN}, {args.rounds} alternating rounds of {args.reps} repetitions; tok/s median [min-max]")
     for result in results["files"]:
         print(f"\n{result['variant']} vs llama-bench (-d {','.join(map(str, args.depths))} "
               f"-t {','.join(map(str, args.threads))}):")
@@ -217,7 +227,7 @@ def _print(results: dict, args) -> None:
         print(tabulate([[g["batch"], f"{g['harness_gain']:.2f}", f"{g['batched_bench_gain']:.2f}", f"{g['ratio']:.3f}"]
                         for g in result["gains"]],
                        headers=["batch", "harness gain", "batched-bench gain", "ratio"], disable_numparse=True))
-    if "runtimes" in results:
+    if "runtimes" in results and results["runtimes"]:
         print("\nbatching gain of the other runtimes (aggregate decode at B over B = 1, harness only):")
         print(tabulate([[r["variant"], r["depth"], r["batch"], _fmt(r["decode_tok_s"]), f"{r['gain']:.2f}"]
                         for r in results["runtimes"]],
