@@ -57,6 +57,7 @@ from harness.text.tokenizer import speed_token_pool
 
 DECODE_PROMPT_TOKENS = 1  # llama-bench tg: generation starts from an empty cache
 WARMUP_PROBE_TOKENS = 64  # the warm-up's first prefill: its time projects the full prompt's
+WARMUP_DECODE_STEPS = 2  # at an operating point, the warm-up's first decode: its time projects the full one's
 LONG_PREFILL_S = 4.0  # a projected prefill this long skips the full-prompt warm-up (module docstring)
 MAX_DECODE_ATTEMPTS = 5  # prompts to try when one ends in EOS before a second token
 
@@ -197,8 +198,8 @@ def measure_point(
     prompts of ``point.prompt`` tokens, prefilled together to their first tokens; its speed is all their
     tokens over that time (llama-batched-bench's S_PP). Decode: one token per sequence, then
     ``point.gen`` steps of all sequences at once; its speed is every sequence's tokens over the time
-    (S_TG), ``decode_seq_tok_s`` one sequence's share. Repetitions, warm-ups and the budget are as for
-    the run's own point (``measure_efficiency``); the threads are the backend's.
+    (S_TG), ``decode_seq_tok_s`` one sequence's share. Repetitions and the budget are as for the run's own
+    point (``measure_efficiency``), the warm-ups as ``_warm_up_point`` says; the threads are the backend's.
     """
     if point.prompt < 1 or point.gen < 1 or point.batch < 1 or point.depth < 0 or warmup < 0:
         raise ValueError(f"{point}: prompt, gen and batch must be at least 1, depth and warmup={warmup} at least 0")
@@ -206,11 +207,11 @@ def measure_point(
     draw = _prompt_drawer(speed_token_pool(backend.variant.tokenizer_path) if token_pool is None else token_pool, seed)
     rows = point.batch
 
-    def prefill() -> float:
-        return backend.generate_batch(draw(rows * point.prompt).reshape(rows, -1), 1).ttft_s
+    def prefill(tokens: int = point.prompt) -> float:
+        return backend.generate_batch(draw(rows * tokens).reshape(rows, -1), 1).ttft_s
 
-    def decode() -> tuple[float, list[float], int]:
-        generation = backend.generate_batch(draw(rows).reshape(rows, 1), point.gen)
+    def decode(steps: int = point.gen) -> tuple[float, list[float], int]:
+        generation = backend.generate_batch(draw(rows).reshape(rows, 1), steps)
         return generation.start_s, generation.step_times_s, rows
 
     # One depth for every sequence: the runtime fills it once and copies it into each sequence's own cache,
@@ -219,12 +220,24 @@ def measure_point(
     tests = _Tests(prefill, decode, rows * point.prompt)
     start = clock()
     for _ in range(warmup):
-        prefill()
-        decode()
+        _warm_up_point(prefill, decode, point)
     efficiency = _timed(backend, tests, plan, start, load_s, point.prompt, point.gen, clock, powercap_root)
     kv_bytes = backend.kv_cache_bytes()
     return replace(efficiency, decode_seq_tok_s=efficiency.decode_tok_s / rows if efficiency.decode_tok_s else None,
                    kv_cache_mb=kv_bytes / 1e6 if kv_bytes else None)
+
+
+def _warm_up_point(prefill, decode, point: Point) -> None:
+    """The run's own warm-up, at a point: a probe prefill, the full one unless the probe projects a long one
+    (``warms_up_full_prompt``), then a two-step decode and the full one unless it projects a long one. At a
+    deep cache of many sequences each full warm-up would take tens of seconds, under 3 % of a run there."""
+    probe_tokens = min(WARMUP_PROBE_TOKENS, point.prompt)
+    if warms_up_full_prompt(prefill(probe_tokens), probe_tokens, point.prompt):
+        prefill()
+    probe_steps = min(WARMUP_DECODE_STEPS, point.gen)
+    start_s, step_times_s, _ = decode(probe_steps)
+    if warms_up_full_prompt(step_times_s[-1] - start_s, probe_steps, point.gen):
+        decode()
 
 
 def _timed(backend: Backend, tests: "_Tests", plan: RepetitionPlan, start: float, load_s: float | None,
