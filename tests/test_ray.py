@@ -222,6 +222,25 @@ def _ray_daemons() -> set[int]:
     return found
 
 
+def test_each_variant_and_operating_point_is_a_task_of_its_own(cluster, tmp_path):
+    """--sweep on the cluster: every (variant, point) is a Ray task, on either node, one at a time per node."""
+    out, store = tmp_path / "run", tmp_path / "store.sqlite"
+    budget = [*BUDGET[2:], "--variants", "llamacpp-q8_0", "--sweep", "batch=1,2"]
+    result = _compare(out, store, "--ray", cluster.address, budget=budget)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    points = [row for row in rows if row.get("point")]
+    assert sorted((r["variant"], r["point"]["batch"]) for r in points) == [
+        ("llamacpp-f32", 1), ("llamacpp-f32", 2), ("llamacpp-q8_0", 1), ("llamacpp-q8_0", 2)]
+    for row in points:
+        assert row["status"] == "ok", row["error"]
+        assert row["node"]["ray_node"] and row["efficiency"]["decode_tok_s"] > 0
+    assert len({row["node"]["ray_node"] for row in rows}) == 2, "both nodes should have measured"
+    assert _overlaps(rows) == []
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["points"]) == 4 and len(report["results"]) == 2
+
+
 def test_a_lost_worker_node_costs_its_task_one_retry_and_the_run_completes(cluster, tmp_path):
     """Runs last: it kills the cluster's worker node (its raylet, as a machine going down would)."""
     worker = cluster.nodes[1]
@@ -290,21 +309,3 @@ def test_a_record_survives_its_trip_between_nodes(tmp_path):
         np.testing.assert_array_equal(got, expected)
     assert _read_record(job(tmp_path)) is None  # no finished record: the variants run the reference live
 
-
-def test_each_variant_and_operating_point_is_a_task_of_its_own(cluster, tmp_path):
-    """--sweep on the cluster: every (variant, point) is a Ray task, on either node, one at a time per node."""
-    out, store = tmp_path / "run", tmp_path / "store.sqlite"
-    budget = [*BUDGET[2:], "--variants", "llamacpp-q8_0", "--sweep", "batch=1,2"]
-    result = _compare(out, store, "--ray", cluster.address, budget=budget)
-    assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    points = [row for row in rows if row.get("point")]
-    assert sorted((r["variant"], r["point"]["batch"]) for r in points) == [
-        ("llamacpp-f32", 1), ("llamacpp-f32", 2), ("llamacpp-q8_0", 1), ("llamacpp-q8_0", 2)]
-    for row in points:
-        assert row["status"] == "ok", row["error"]
-        assert row["node"]["ray_node"] and row["efficiency"]["decode_tok_s"] > 0
-    assert len({row["node"]["ray_node"] for row in rows}) == 2, "both nodes should have measured"
-    assert _overlaps(rows) == []
-    report = json.loads((out / "report.json").read_text())
-    assert len(report["points"]) == 4 and len(report["results"]) == 2
