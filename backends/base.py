@@ -6,6 +6,10 @@ checks the sequence, takes the subclass's logits block by block and pairs each
 block with its targets. Production scoring hands those blocks to
 ``harness.kernels`` in ``harness/measure/accuracy.py``, so every runtime's accuracy
 comes from the same math; ``logprobs`` is a convenience over the same blocks.
+``window_logit_blocks`` hands out several windows' blocks, which a runtime may
+compute in one forward pass (llama.cpp, torch). ``start_batch`` and
+``generate_batch`` decode several sequences together on top of a filled cache:
+an operating point (``harness.measure.efficiency.measure_point``).
 
 On a GPU a runtime that computes its logits there may hand them over where they
 are (a CUDA torch tensor): ``harness.kernels`` scores them on the device, so a
