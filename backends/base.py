@@ -166,7 +166,7 @@ class Backend(abc.ABC):
         self, token_ids: Sequence[int], start: int = 0, block_rows: int = DEFAULT_BLOCK_ROWS
     ) -> Iterator[LogitBlock]:
         """Next-token logits of one sequence, block by block, with their targets."""
-        ids = _checked_sequence(token_ids, start)
+        ids = checked_sequence(token_ids, start)
         yield from self._paired(ids, start, self._forward_logits(ids, start, block_rows))
 
     def window_logit_blocks(
@@ -176,10 +176,27 @@ class Backend(abc.ABC):
 
         Consume each window's blocks before asking for the next window: a runtime that decodes several
         windows in one forward pass (llama.cpp, as llama-perplexity packs its chunks) hands out blocks of
-        a buffer the next pass overwrites. By default, one window at a time.
+        a buffer the next pass overwrites. Consecutive windows share a pass while ``_joins`` says so
+        (by default never: one window at a time).
         """
-        for token_ids, start in windows:
-            yield self.logit_blocks(token_ids, start, block_rows)
+        i = 0
+        while i < len(windows):
+            pack = [windows[i]]
+            while i + len(pack) < len(windows) and self._joins(pack, windows[i + len(pack)]):
+                pack.append(windows[i + len(pack)])
+            if len(pack) == 1:
+                yield self.logit_blocks(pack[0][0], pack[0][1], block_rows)
+            else:
+                yield from self._packed_blocks(pack, block_rows)
+            i += len(pack)
+
+    def _joins(self, pack: list, window: tuple) -> bool:
+        """Whether ``window`` shares ``pack``'s forward pass (``_packed_blocks``); by default none does."""
+        return False
+
+    def _packed_blocks(self, pack: list, block_rows: int) -> Iterator[Iterator[LogitBlock]]:
+        """One forward pass of every window of ``pack``, then each window's blocks, in order."""
+        raise NotImplementedError(f"the {self.runtime or type(self).__name__} backend packs no windows")
 
     def _paired(self, ids: np.ndarray, start: int, logits: Iterator) -> Iterator[LogitBlock]:
         """Each (n, V) block of ``logits`` with its targets, for positions ``start .. len(ids) - 2`` in order."""
@@ -279,7 +296,7 @@ class Backend(abc.ABC):
         return BatchGeneration(np.asarray(tokens, dtype=np.int64).reshape(shape[0], -1), start, stamps, logits)
 
 
-def _checked_sequence(token_ids: Sequence[int], start: int) -> np.ndarray:
+def checked_sequence(token_ids: Sequence[int], start: int) -> np.ndarray:
     """``token_ids`` as one int64 sequence of at least 2 tokens, with ``start`` among its scored positions."""
     ids = np.ascontiguousarray(token_ids, dtype=np.int64)
     if ids.ndim != 1 or len(ids) < 2:

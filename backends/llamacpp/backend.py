@@ -21,7 +21,7 @@ import numpy as np
 
 from harness.machine.nvml import cuda_index
 
-from ..base import DEFAULT_BLOCK_ROWS, Backend, _checked_sequence
+from ..base import Backend, checked_sequence
 from ..eos import eos_ids
 from .config import CUDA_INSTALL, RUNTIME, LlamaCppSettings
 
@@ -235,23 +235,14 @@ class LlamaCppBackend(Backend):
         return self._many
 
     # ---- several windows scored in one pass, as llama-perplexity packs its chunks ---------------------
-    def window_logit_blocks(self, windows, block_rows: int = DEFAULT_BLOCK_ROWS):
-        """Windows of one length packed into one ``llama_decode``, one sequence each, while their cache cells
-        (each sequence's length, padded as llama.cpp pads a context) fit in ``score_batch``: four windows of
-        512, as llama-perplexity's default packs its chunks. A window alone (or one of another length than its
+    def _joins(self, pack: list, window: tuple) -> bool:
+        """Windows of one length share a ``llama_decode``, one sequence each, while their cache cells (each
+        sequence's length, padded as llama.cpp pads a context) fit in ``score_batch``: four windows of 512,
+        as llama-perplexity's default packs its chunks. A window alone (or of another length than its
         neighbours) takes the one-sequence path, which computes it the same way."""
-        budget, most, i = self.settings.score_batch, llama_cpp.llama_max_parallel_sequences(), 0
-        while i < len(windows):
-            length = len(windows[i][0])
-            pack = [windows[i]]
-            while (i + len(pack) < len(windows) and len(pack) < most and len(windows[i + len(pack)][0]) == length
-                   and (len(pack) + 1) * _padded(length) <= budget):
-                pack.append(windows[i + len(pack)])
-            if len(pack) == 1:
-                yield self.logit_blocks(pack[0][0], pack[0][1], block_rows)
-            else:
-                yield from self._packed_blocks(pack, block_rows)
-            i += len(pack)
+        length = len(pack[0][0])
+        return (len(pack) < llama_cpp.llama_max_parallel_sequences() and len(window[0]) == length
+                and (len(pack) + 1) * _padded(length) <= self.settings.score_batch)
 
     def _packed_blocks(self, pack, block_rows: int):
         """One ``llama_decode`` of every window of ``pack`` (all of one length), then each window's blocks.
@@ -262,7 +253,7 @@ class LlamaCppBackend(Backend):
         on a token of Q8_0 for a cut at 85 tokens, 1e-2 for F32 rows beside others of other lengths), and
         so each window comes out exactly as it does alone (``tests/test_batched.py``).
         """
-        sequences = [_checked_sequence(ids, start) for ids, start in pack]
+        sequences = [checked_sequence(ids, start) for ids, start in pack]
         width = len(sequences[0]) - 1  # the last token of each is only a target
         ctx = self._many_context(len(pack), width + 1, self.settings.score_batch, larger=True)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from harness.kernels import device_scoring_available
 from harness.machine.nvml import cuda_index
 
-from ..base import DEFAULT_BLOCK_ROWS, Backend, _checked_sequence
+from ..base import Backend, checked_sequence
 from ..eos import eos_ids
 from .config import CUDA_INSTALL, RUNTIME, TORCH_DTYPES, TorchSettings
 
@@ -108,29 +108,17 @@ class TorchBackend(Backend):
             hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state[0]  # (T-1, H)
         yield from self._head_blocks(model.get_output_embeddings(), hidden, start, block_rows)
 
-    def window_logit_blocks(self, windows, block_rows: int = DEFAULT_BLOCK_ROWS):
-        """Windows (or lm-eval requests) run several to a forward pass while their longest times their number
-        fits ``PACK_TOKENS``: right-padded to the longest, which a causal model never attends to, so each
+    def _joins(self, pack: list, window: tuple) -> bool:
+        """Windows (or lm-eval requests) share a forward pass while their longest times their number fits
+        ``PACK_TOKENS``: right-padded to the longest, which a causal model never attends to, so each
         sequence's logits are its own; the head still runs one block of rows at a time."""
-        i = 0
-        while i < len(windows):
-            pack, longest = [windows[i]], len(windows[i][0])
-            while i + len(pack) < len(windows):
-                longer = max(longest, len(windows[i + len(pack)][0]))
-                if (len(pack) + 1) * longer > PACK_TOKENS:
-                    break
-                pack.append(windows[i + len(pack)])
-                longest = longer
-            if len(pack) == 1:
-                yield self.logit_blocks(pack[0][0], pack[0][1], block_rows)
-            else:
-                yield from self._packed_blocks(pack, block_rows)
-            i += len(pack)
+        longest = max(len(ids) for ids, _ in [*pack, window])
+        return (len(pack) + 1) * longest <= PACK_TOKENS
 
     def _packed_blocks(self, pack, block_rows: int):
         model = self._require_loaded()
         self._apply_threads()
-        sequences = [_checked_sequence(ids, start) for ids, start in pack]
+        sequences = [checked_sequence(ids, start) for ids, start in pack]
         inputs = np.zeros((len(pack), max(len(ids) for ids in sequences) - 1), dtype=np.int64)
         for row, ids in zip(inputs, sequences):
             row[: len(ids) - 1] = ids[:-1]  # the rest is padding after the sequence: no real token sees it
