@@ -179,16 +179,32 @@ class Backend(abc.ABC):
         a buffer the next pass overwrites. Consecutive windows share a pass while ``_joins`` says so
         (by default never: one window at a time).
         """
-        i = 0
-        while i < len(windows):
-            pack = [windows[i]]
-            while i + len(pack) < len(windows) and self._joins(pack, windows[i + len(pack)]):
-                pack.append(windows[i + len(pack)])
+        for pack in packs(windows, self._joins):
             if len(pack) == 1:
                 yield self.logit_blocks(pack[0][0], pack[0][1], block_rows)
             else:
                 yield from self._packed_blocks(pack, block_rows)
-            i += len(pack)
+
+    def choice_logit_blocks(
+        self, groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]], block_rows: int = DEFAULT_BLOCK_ROWS
+    ) -> Iterator[Iterator[Iterator[LogitBlock]]]:
+        """For each (context, continuations) of ``groups``, in order, one iterator per continuation of the
+        ``logit_blocks`` of context + continuation from the context's last token on: its targets are the
+        continuation. A multiple-choice document's choices share its context.
+
+        A runtime may compute a context once for all its continuations, and several groups in one
+        forward pass (``_shared_blocks``); consume the blocks in order, as ``window_logit_blocks``'s. By
+        default each continuation is a window of its own, through ``window_logit_blocks``.
+        """
+        groups = [(checked_tokens(context, "a context"), [checked_tokens(c, "a continuation") for c in continuations])
+                  for context, continuations in groups]
+        yield from self._shared_blocks(groups, block_rows)
+
+    def _shared_blocks(self, groups: list[tuple[np.ndarray, list[np.ndarray]]], block_rows: int):
+        windows = [(np.concatenate([context, c]), len(context) - 1) for context, cs in groups for c in cs]
+        blocks = self.window_logit_blocks(windows, block_rows)
+        for _, continuations in groups:
+            yield (next(blocks) for _ in continuations)
 
     def _joins(self, pack: list, window: tuple) -> bool:
         """Whether ``window`` shares ``pack``'s forward pass (``_packed_blocks``); by default none does."""
@@ -303,6 +319,26 @@ def checked_sequence(token_ids: Sequence[int], start: int) -> np.ndarray:
         raise ValueError(f"token_ids must be one sequence of at least 2 tokens, got shape {ids.shape}")
     if not 0 <= start <= len(ids) - 2:
         raise ValueError(f"start={start} must lie in [0, {len(ids) - 2}] for {len(ids)} tokens")
+    return ids
+
+
+def packs(items: Sequence, joins) -> Iterator[list]:
+    """``items`` in order, cut into runs of consecutive items: an item joins the run before it while
+    ``joins(run, item)`` says so."""
+    i = 0
+    while i < len(items):
+        pack = [items[i]]
+        while i + len(pack) < len(items) and joins(pack, items[i + len(pack)]):
+            pack.append(items[i + len(pack)])
+        yield pack
+        i += len(pack)
+
+
+def checked_tokens(token_ids: Sequence[int], what: str) -> np.ndarray:
+    """``token_ids`` as one int64 sequence of at least 1 token (``what`` names it in the error)."""
+    ids = np.ascontiguousarray(token_ids, dtype=np.int64)
+    if ids.ndim != 1 or len(ids) < 1:
+        raise ValueError(f"{what} must be one sequence of at least 1 token, got shape {ids.shape}")
     return ids
 
 

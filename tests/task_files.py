@@ -1,8 +1,9 @@
 """Small local lm-eval tasks for the tests: YAML files over JSONL documents the test writes (no dataset hub).
 
-The documents are made up here (arithmetic and counting), so no third-party text is copied: a
-multiple-choice task, a loglikelihood task, a generate_until task and a loglikelihood_rolling task, as
-lm-eval reads them through ``dataset_path: json``.
+The documents are made up here (arithmetic and counting), so no third-party text is copied: two
+multiple-choice tasks (one-word choices, and sentence endings shaped as HellaSwag's), a loglikelihood
+task, a generate_until task and a loglikelihood_rolling task, as lm-eval reads them through
+``dataset_path: json``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,41 @@ def multiple_choice(folder: Path, docs: int = 40, seed: int = 0, name: str = "ha
 doc_to_text: "Question: {{question}}\\nAnswer:"
 doc_to_choice: "{{choices}}"
 doc_to_target: "{{answer}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+""")
+
+
+NAMES = ("Ann", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana")
+THINGS = ("apples", "stamps", "marbles", "books", "shells", "buttons", "pencils", "coins")
+
+
+def stories(folder: Path, docs: int = 40, seed: int = 4, name: str = "harness_story") -> Path:
+    """``name``: shaped as HellaSwag is, a context of two sentences and four endings of a sentence each, only
+    one of them with the right count (acc and acc_norm)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(docs):
+        first, second = rng.sample(NAMES, 2)
+        things = rng.choice(THINGS)
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        context = (f"{first} had {NUMBER_WORDS[a]} {things}. {second} gave {first} {NUMBER_WORDS[b]} more {things}, "
+                   f"and {first} put all of them into a box on the kitchen table.")
+        counts = [a + b, *rng.sample([n for n in range(1, 19) if n != a + b], 3)]
+        rng.shuffle(counts)
+        endings = [f" When {first} counted them again that evening, there were {NUMBER_WORDS[n]} {things} in the box."
+                   for n in counts]
+        rows.append({"context": context, "endings": endings, "answer": counts.index(a + b)})
+    return _task(folder, name, rows, """output_type: multiple_choice
+doc_to_text: "{{context}}"
+doc_to_choice: "{{endings}}"
+doc_to_target: "{{answer}}"
+target_delimiter: ""
 metric_list:
   - metric: acc
     aggregation: mean

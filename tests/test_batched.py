@@ -115,3 +115,58 @@ def test_windows_scored_together_equal_each_window_scored_alone(prepared, token_
     assert worst_alike == 0.0 or backend.runtime == "torch", name  # torch: one float's rounding per GEMM shape
     if backend.runtime == "llamacpp":
         assert worst == 0.0, name
+
+
+def _choice_groups(pool: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """Contexts of 1 to 150 tokens, each with choices of 1 to 30 tokens (one-token choices included)."""
+    rng = np.random.default_rng(7)
+    lengths = [(60, (1, 1, 1, 1)), (150, (12, 3, 30)), (1, (5, 1)), (25, (8, 9)), (90, (2,) * 6)]
+    return [(rng.choice(pool, size=n), [rng.choice(pool, size=k) for k in ks]) for n, ks in lengths]
+
+
+def _choice_nll(blocks) -> np.ndarray:
+    from harness.kernels import token_nll
+
+    return np.concatenate([token_nll(b.logits, b.targets) for b in blocks])
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_choices_sharing_their_context_score_as_each_choice_alone(prepared, token_ids_pool, name):
+    """lm-eval's choices of a document share its context (``choice_logit_blocks``): each choice's NLL per token
+    is the one it has scored alone, within 1e-4 for torch and ORT (a cache reused: one float's rounding).
+    llama.cpp packs the groups as llama-perplexity's --hellaswag does, and its logits move with the batch a
+    row is computed in: there each choice's total stays within 0.05 nats of alone, and as close to torch's
+    fp32 as alone is (within 0.01 nats on average)."""
+    groups = _choice_groups(token_ids_pool)
+    windows = [(np.concatenate([context, c]), len(context) - 1) for context, cs in groups for c in cs]
+    with open_backend(prepared[name], threads=1) as backend:
+        alone = [_choice_nll(backend.logit_blocks(ids, start)) for ids, start in windows]
+        shared = [_choice_nll(blocks) for group in backend.choice_logit_blocks(groups, 8) for blocks in group]
+    assert [len(x) for x in shared] == [len(c) for _, cs in groups for c in cs]
+    worst = max(float(np.abs(a - s).max()) for a, s in zip(alone, shared))
+    worst_total = max(abs(float(a.sum() - s.sum())) for a, s in zip(alone, shared))
+    print(f"{name}: shared context vs alone, max |NLL difference| {worst:.1e} per token, {worst_total:.1e} per choice")
+    if backend.runtime != "llamacpp":
+        assert worst <= 1e-4, name
+        return
+    assert worst_total <= 0.05
+    with open_backend(prepared["torch-fp32"], threads=1) as torch_backend:
+        reference = [_choice_nll(torch_backend.logit_blocks(ids, start)).sum() for ids, start in windows]
+    off_alone = np.mean([abs(a.sum() - r) for a, r in zip(alone, reference)])
+    off_shared = np.mean([abs(s.sum() - r) for s, r in zip(shared, reference)])
+    print(f"{name}: mean |NLL - torch-fp32's| per choice: alone {off_alone:.1e}, shared {off_shared:.1e}")
+    assert off_shared <= off_alone + 0.01
+
+
+def test_llamacpp_scores_a_group_too_long_to_pack_as_windows(prepared, token_ids_pool):
+    """A group of more tokens than score_batch is scored choice by choice, as windows, bit for bit."""
+    from harness.backends import SETTINGS_CLASSES
+
+    groups = _choice_groups(token_ids_pool)
+    settings = SETTINGS_CLASSES["llamacpp"](score_batch=128)  # the second group (150 + 44 tokens) is too long
+    with open_backend(prepared["llamacpp-f32"], threads=1, settings=settings) as backend:
+        shared = [_choice_nll(blocks) for group in backend.choice_logit_blocks(groups) for blocks in group]
+        context, cs = groups[1]
+        alone = [_choice_nll(backend.logit_blocks(np.concatenate([context, c]), len(context) - 1)) for c in cs]
+    first = len(groups[0][1])
+    assert all(np.array_equal(a, s) for a, s in zip(alone, shared[first : first + len(cs)]))

@@ -1,7 +1,8 @@
 """lm-eval's tasks through our three runtimes (harness.measure.tasks), held to lm-eval's own hf backend.
 
-The tasks are small local YAML files over documents the tests write (tests/task_files.py): a
-multiple-choice task, a loglikelihood task and a generate_until task, on the default model. lm-eval's
+The tasks are small local YAML files over documents the tests write (tests/task_files.py): two
+multiple-choice tasks (one-word choices; sentence endings whose choices share their context), a
+loglikelihood task, a generate_until task and a rolling one, on the default model. lm-eval's
 ``hf`` backend runs live here on the same torch-fp32 folder and the same tasks; no expected number is
 typed in.
 """
@@ -23,7 +24,7 @@ from harness import backends
 from harness.errors import UserError
 from harness.measure.tasks import TaskSpec, backend_lm, check_tasks, score_tasks
 
-MC_DOCS, LL_DOCS, GEN_DOCS, ROLLING_DOCS = 24, 12, 6, 4
+MC_DOCS, STORY_DOCS, LL_DOCS, GEN_DOCS, ROLLING_DOCS = 24, 12, 12, 6, 4
 RANK_DROP = 20  # points: wide enough that the 24-document interval of a quantized variant may fit
 LOGLIKELIHOOD_ATOL = 2e-3  # summed over a few tokens; fp32 torch in two code paths (ours, lm-eval's batching)
 # Another runtime's fp32 kernels: llama.cpp's F32 CPU path differs from torch by up to about 1e-3 per token on
@@ -36,6 +37,7 @@ CROSS_RUNTIME_ATOL = 2e-2
 def tasks(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tasks")
     return {"harness_mc": task_files.multiple_choice(folder, MC_DOCS),
+            "harness_story": task_files.stories(folder, STORY_DOCS),
             "harness_ll": task_files.loglikelihood(folder, LL_DOCS),
             "harness_gen": task_files.generate_until(folder, GEN_DOCS),
             "harness_rolling": task_files.rolling(folder, ROLLING_DOCS)}
@@ -74,18 +76,19 @@ def lm_eval_hf(prepared, tasks) -> dict:
     return {task: {s["doc_id"]: s for s in samples} for task, samples in result["samples"].items()}
 
 
-def test_multiple_choice_answers_equal_lm_evals_hf_backend_document_by_document(torch_scores, lm_eval_hf):
-    mine = torch_scores["harness_mc"]
-    assert mine["docs"] == MC_DOCS and sorted(mine["doc_ids"]) == sorted(lm_eval_hf["harness_mc"])
+@pytest.mark.parametrize("task, docs", (("harness_mc", MC_DOCS), ("harness_story", STORY_DOCS)))
+def test_multiple_choice_answers_equal_lm_evals_hf_backend_document_by_document(torch_scores, lm_eval_hf, task, docs):
+    mine = torch_scores[task]
+    assert mine["docs"] == docs and sorted(mine["doc_ids"]) == sorted(lm_eval_hf[task])
     for metric in ("acc", "acc_norm"):
-        theirs = [lm_eval_hf["harness_mc"][d][metric] for d in mine["doc_ids"]]
+        theirs = [lm_eval_hf[task][d][metric] for d in mine["doc_ids"]]
         assert mine["outcomes"][metric] == theirs, metric
 
 
 def test_each_choices_log_likelihood_and_greedy_flag_equal_lm_evals_hf_backend(prepared, lm_eval_hf, tokenizer):
     # lm-eval's own requests (context, continuation) answered by our adapter, against its hf backend's answers.
     variant = prepared["torch-fp32"]
-    samples = list(lm_eval_hf["harness_mc"].values()) + list(lm_eval_hf["harness_ll"].values())
+    samples = [s for task in ("harness_mc", "harness_story", "harness_ll") for s in lm_eval_hf[task].values()]
     requests = [SimpleNamespace(args=tuple(args)) for s in samples for args in s["arguments"]]
     theirs = [resp[0] for s in samples for resp in s["resps"]]
     with backends.open_backend(variant, threads=2) as backend:
@@ -128,8 +131,8 @@ def test_rolling_perplexities_equal_lm_evals_hf_backend(torch_scores, lm_eval_hf
 
 def test_fp32_variants_of_the_three_runtimes_agree_document_by_document(prepared, tasks, tokenizer, torch_scores):
     for name in ("ort-fp32", "llamacpp-f32"):
-        other = ours(prepared[name], tasks, tokenizer, ["harness_mc", "harness_ll"])
-        for task in ("harness_mc", "harness_ll"):
+        other = ours(prepared[name], tasks, tokenizer, ["harness_mc", "harness_story", "harness_ll"])
+        for task in ("harness_mc", "harness_story", "harness_ll"):
             assert other[task]["doc_ids"] == torch_scores[task]["doc_ids"]
             assert other[task]["outcomes"]["acc"] == torch_scores[task]["outcomes"]["acc"], (name, task)
         np.testing.assert_allclose(other["harness_ll"]["outcomes"]["perplexity"],

@@ -26,8 +26,8 @@ class LlamaCppSettings:
     n_batch: int = field(default=512, metadata=_sizes("logical batch: tokens per llama_decode call"))
     n_ubatch: int = field(default=512, metadata=_sizes("physical batch: tokens per graph evaluation"))
     score_batch: int = field(default=2048, metadata=_sizes(
-        "cache cells per llama_decode when scoring: windows (or task requests) decoded together while their "
-        "lengths, padded to 256, fit (llama-perplexity's -b: four windows of 512)"))
+        "cache cells per llama_decode when scoring: windows decoded together while their lengths, padded to 256, "
+        "fit (llama-perplexity's -b: four windows of 512); task documents, each context once, while their tokens fit"))
     # On: llama-bench's default (auto) turns it on for the CPU, and leaving it off
     # (llama-cpp-python's default) cost 10-30% of prefill speed where we measured it.
     flash_attn: bool = field(default=True, metadata={"help": "use llama.cpp's flash-attention kernels"})

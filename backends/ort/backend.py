@@ -104,6 +104,29 @@ class OrtBackend(Backend):
                 yield np.ascontiguousarray(logits[0], dtype=np.float32)
             lo = hi
 
+    def _shared_blocks(self, groups, block_rows: int):
+        """A group's context appended once; each continuation appended on top of it, and the generator
+        rewound to the context's end for the next (onnxruntime-genai takes one append per sequence at a
+        batch size above 1, so the continuations cannot share a cache in one batch)."""
+        for context, continuations in groups:
+            generator = self._generator(len(context) + max(len(c) for c in continuations) - 1)
+            for lo in range(0, len(context), block_rows):  # only the context's last logits are wanted
+                generator.append_tokens(context[lo : lo + block_rows].astype(np.int32))
+            last = np.array(generator.get_output("logits")[0, -1:], dtype=np.float32)  # (1, V)
+            yield (self._paired(np.concatenate([context, c]), len(context) - 1,
+                                self._continued(generator, last, c, len(context), block_rows))
+                   for c in continuations)
+
+    def _continued(self, generator, last: np.ndarray, continuation: np.ndarray, depth: int, block_rows: int):
+        """The context's last logits, then those of ``continuation`` but its last token appended on top of
+        the context; the generator is left back at the context's ``depth``."""
+        yield last.copy()
+        for lo in range(0, len(continuation) - 1, block_rows):
+            generator.append_tokens(continuation[lo : min(lo + block_rows, len(continuation) - 1)].astype(np.int32))
+            yield np.ascontiguousarray(generator.get_output("logits")[0], dtype=np.float32)
+        if len(continuation) > 1:
+            generator.rewind_to(depth)
+
     def _generate(self, prompt_ids: np.ndarray, max_new_tokens: int, stamp: list[float]) -> list[int]:
         generator = self._generator(len(prompt_ids) + max_new_tokens)
         generator.append_tokens(prompt_ids.astype(np.int32))

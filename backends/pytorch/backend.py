@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from harness.kernels import device_scoring_available
 from harness.machine.nvml import cuda_index
 
-from ..base import Backend, checked_sequence
+from ..base import Backend, checked_sequence, packs
 from ..eos import eos_ids
 from .config import CUDA_INSTALL, RUNTIME, TORCH_DTYPES, TorchSettings
 
@@ -129,6 +129,55 @@ class TorchBackend(Backend):
         for j, (ids, (_, start)) in enumerate(zip(sequences, pack)):
             yield self._paired(ids, start, self._head_blocks(head, hidden[j, : len(ids) - 1], start, block_rows))
 
+    # ---- contexts shared by their continuations (lm-eval's choices) -------------------------------------
+    def _shared_blocks(self, groups, block_rows: int):
+        """Several groups per pack: one forward of their contexts (right-padded), whose cache every
+        continuation of a group then attends to, in a second forward of all the continuations together."""
+        for pack in packs(groups, _shares_pack):
+            yield from self._shared_pack(pack, block_rows)
+
+    def _shared_pack(self, pack, block_rows: int):
+        model = self._require_loaded()
+        self._apply_threads()
+        lengths = torch.tensor([len(context) for context, _ in pack])
+        width = int(lengths.max())
+        contexts = np.zeros((len(pack), width), dtype=np.int64)
+        for row, (context, _) in zip(contexts, pack):
+            row[: len(context)] = context  # padding after a context: none of its tokens sees it
+        # Each continuation but its last token (only a target) runs on its group's cached context.
+        owners = [g for g, (_, continuations) in enumerate(pack) for c in continuations if len(c) > 1]
+        tails = [c[:-1] for _, continuations in pack for c in continuations if len(c) > 1]
+        cache = DynamicCache(config=model.config)
+        to_device = lambda a: torch.as_tensor(a).to(self.device)  # noqa: E731
+        with torch.inference_mode():
+            last = model.base_model(input_ids=to_device(contexts), cache=cache, use_cache=bool(tails)).last_hidden_state
+            last = last[torch.arange(len(pack)), lengths - 1]  # (groups, H): each context's last position
+            if tails:
+                owner = torch.tensor(owners)
+                cache.batch_select_indices(to_device(owner))
+                longest = max(len(t) for t in tails)
+                inputs = np.zeros((len(tails), longest), dtype=np.int64)
+                for row, tail in zip(inputs, tails):
+                    row[: len(tail)] = tail
+                # The cache's padding cells are masked; a tail's positions go on from its own context's end.
+                mask = torch.ones(len(tails), width + longest, dtype=torch.long)
+                mask[:, :width] = (torch.arange(width) < lengths[owner, None]).long()
+                rest = model.base_model(input_ids=to_device(inputs), attention_mask=to_device(mask),
+                                        position_ids=to_device(lengths[owner, None] + torch.arange(longest)),
+                                        cache=cache, use_cache=True).last_hidden_state  # (tails, longest, H)
+            rows, tail = [], 0  # per group, each continuation's (ids, hidden states from the context's last on)
+            for g, (context, continuations) in enumerate(pack):
+                rows.append([])
+                for c in continuations:
+                    hidden = last[g : g + 1]
+                    if len(c) > 1:
+                        hidden, tail = torch.cat([hidden, rest[tail, : len(c) - 1]]), tail + 1
+                    rows[-1].append((np.concatenate([context, c]), len(context) - 1, hidden))
+        head = model.get_output_embeddings()
+        for group in rows:
+            yield (self._paired(ids, start, self._head_blocks(head, hidden, 0, block_rows))
+                   for ids, start, hidden in group)
+
     def _head_blocks(self, head, hidden, start: int, block_rows: int):
         """The logits of ``hidden``'s rows from ``start`` on, ``block_rows`` at a time (host or device blocks)."""
         for lo in range(start, hidden.shape[0], block_rows):
@@ -196,6 +245,15 @@ class TorchBackend(Backend):
             self._many = DynamicCache(config=self._native.config)
         else:
             self._many.crop(self._depth - self._many.get_seq_length())  # crop takes minus the tokens to drop
+
+
+def _shares_pack(pack: list, group: tuple) -> bool:
+    """A group joins a pack while the contexts, right-padded, and the continuations, right-padded, each
+    fit ``PACK_TOKENS``."""
+    groups = [*pack, group]
+    contexts = len(groups) * max(len(context) for context, _ in groups)
+    tails = [len(c) - 1 for _, continuations in groups for c in continuations]
+    return contexts <= PACK_TOKENS and len(tails) * max(tails) <= PACK_TOKENS
 
 
 def _check_takes_cache(model) -> None:

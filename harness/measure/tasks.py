@@ -181,22 +181,22 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
             return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-            # The last token of a request is only a target: requests whose other tokens are the same (the
-            # one-token choices of a document, or documents with one context) share one forward pass, as
-            # lm-eval's own hf model groups them.
-            sequences = [self._sequence(context_enc, continuation_enc) for _, context_enc, continuation_enc in requests]
-            shared: dict[tuple, list[int]] = {}
-            for i, (ids, start) in enumerate(sequences):
-                shared.setdefault((tuple(ids[:-1]), start), []).append(i)
-            # By length, so requests a runtime packs together (llama.cpp: those of one length) sit side by side.
-            groups = sorted(shared.values(), key=lambda members: len(sequences[members[0]][0]))
-            packed = self.backend.window_logit_blocks([sequences[members[0]] for members in groups])
+            # Requests with one context (a document's choices, or documents sharing a context) form a group,
+            # whose context the runtime computes once for all its continuations (Backend.choice_logit_blocks).
+            groups: dict[tuple, list[int]] = {}
+            split = []
+            for i, (_, context_enc, continuation_enc) in enumerate(requests):
+                ids, start = self._sequence(context_enc, continuation_enc)
+                split.append((ids[: start + 1], ids[start + 1 :]))
+                groups.setdefault(tuple(split[-1][0]), []).append(i)
+            # By context length, so a pack of groups (torch: right-padded) wastes little on padding.
+            order = sorted(groups.values(), key=lambda members: len(split[members[0]][0]))
+            scored = self.backend.choice_logit_blocks(
+                [(split[members[0]][0], [split[i][1] for i in members]) for members in order])
             out: list[tuple[float, bool] | None] = [None] * len(requests)
-            for members, blocks in zip(groups, packed):
-                blocks = (block.logits for block in blocks)
-                blocks = list(blocks) if len(members) > 1 else blocks  # kept only while they are shared
-                for i in members:
-                    out[i] = _scored(blocks, sequences[i][0][sequences[i][1] + 1:])
+            for members, continuations in zip(order, scored):
+                for i, blocks in zip(members, continuations):
+                    out[i] = _scored((block.logits for block in blocks), split[i][1])
                     (context, continuation), _, _ = requests[i]
                     self.cache_hook.add_partial("loglikelihood", (context, continuation), out[i])
             return out
