@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -243,18 +243,33 @@ class Backend(abc.ABC):
     def _generate(self, prompt_ids: np.ndarray, max_new_tokens: int, stamp: list[float]) -> list[int]:
         """Greedy-decode up to ``max_new_tokens``; append ``time.perf_counter()`` to ``stamp`` per token.
 
-        Stop after an EOS token (it counts as produced). Call ``self.synchronize()``
-        before each clock read.
+        Stop once ``self._finished(produced)`` says so (after an EOS token, which counts as produced).
+        Call ``self.synchronize()`` before each clock read.
         """
 
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Generation:
-        """Greedy continuation of ``prompt_ids``, up to ``max_new_tokens``, with a clock stamp per token."""
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                 stop: Callable[[list[int]], bool] | None = None) -> Generation:
+        """Greedy continuation of ``prompt_ids``, up to ``max_new_tokens``, with a clock stamp per token.
+
+        It ends after an EOS token, or once ``stop`` (when given) says so of the tokens produced so far:
+        lm-eval's stop sequences, which are text (``harness.measure.tasks``).
+        """
         ids = np.ascontiguousarray(prompt_ids, dtype=np.int64)
         stamps: list[float] = []
-        self.synchronize()
-        start = time.perf_counter()
-        tokens = self._generate(ids, max_new_tokens, stamps)
+        self._stop = stop
+        try:
+            self.synchronize()
+            start = time.perf_counter()
+            tokens = self._generate(ids, max_new_tokens, stamps)
+        finally:
+            self._stop = None
         return Generation(list(tokens), start, stamps)
+
+    _stop: Callable[[list[int]], bool] | None = None  # generate's stop, while it runs
+
+    def _finished(self, produced: list[int]) -> bool:
+        """Whether a greedy continuation ends after ``produced``: an EOS token, or ``generate``'s stop."""
+        return produced[-1] in self.eos_token_ids or (self._stop is not None and self._stop(produced))
 
     # ---- several sequences at once, on top of a filled cache (an operating point) ---------------
     def _start_batch(self, depth_ids: np.ndarray, room: int) -> None:

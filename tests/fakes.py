@@ -132,7 +132,7 @@ class FakeBackend(Backend):
             produced.append(token)
             sequence.append(token)
             stamp.append(time.perf_counter())
-            if token in self.eos_token_ids:
+            if self._finished(produced):
                 break
         return produced
 

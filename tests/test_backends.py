@@ -123,6 +123,26 @@ def test_fp32_variants_greedy_generate_the_same_tokens(prepared, token_ids):
     assert all(margin < TIE_MARGIN for *_, margin in ties), ties
 
 
+@pytest.mark.parametrize("name", FP32)
+def test_generate_ends_where_its_stop_says_and_is_a_prefix_of_the_whole_continuation(prepared, token_ids, name):
+    """lm-eval's stop sequences reach a runtime as ``generate``'s stop: decoding ends at the token it names."""
+    prompt = token_ids[2000:2024]
+    asked = []
+
+    def stop(produced: list[int]) -> bool:
+        asked.append(list(produced))
+        return len(produced) == 3
+
+    with open_backend(prepared[name], threads=THREADS) as backend:
+        whole = backend.generate(prompt, GEN_TOKENS).token_ids
+        cut = backend.generate(prompt, GEN_TOKENS, stop)
+        again = backend.generate(prompt, GEN_TOKENS).token_ids  # the stop is generate's own: gone again
+    assert len(whole) > 3, "the prompt must not end in EOS within 3 tokens"
+    assert cut.token_ids == whole[:3] and len(cut.token_times_s) == 3
+    assert asked == [whole[:1], whole[:2], whole[:3]]
+    assert again == whole
+
+
 def _whole_and_blocks(backend, seq):
     whole = np.concatenate([b.logits for b in backend.logit_blocks(seq, start=0, block_rows=256)])
     blocks = list(backend.logit_blocks(seq, start=30, block_rows=7))

@@ -136,7 +136,7 @@ class OrtBackend(Backend):
             token = int(generator.get_next_tokens()[0])
             stamp.append(time.perf_counter())
             produced.append(token)
-            if token in self.eos_token_ids:
+            if self._finished(produced):
                 break
         return produced
 

@@ -8,6 +8,7 @@ else they are copied to the host for the CPU kernels.
 from __future__ import annotations
 
 import inspect
+import itertools
 import time
 from typing import Any, Iterator
 
@@ -165,18 +166,20 @@ class TorchBackend(Backend):
                 rest = model.base_model(input_ids=to_device(inputs), attention_mask=to_device(mask),
                                         position_ids=to_device(lengths[owner, None] + torch.arange(longest)),
                                         cache=cache, use_cache=True).last_hidden_state  # (tails, longest, H)
-            rows, tail = [], 0  # per group, each continuation's (ids, hidden states from the context's last on)
-            for g, (context, continuations) in enumerate(pack):
-                rows.append([])
-                for c in continuations:
-                    hidden = last[g : g + 1]
-                    if len(c) > 1:
-                        hidden, tail = torch.cat([hidden, rest[tail, : len(c) - 1]]), tail + 1
-                    rows[-1].append((np.concatenate([context, c]), len(context) - 1, hidden))
+            tails_of = [[] for _ in pack]  # per group, each continuation's hidden states after the context's last
+            for g, hidden in zip(owners, rest if tails else ()):
+                tails_of[g].append(hidden)
         head = model.get_output_embeddings()
-        for group in rows:
-            yield (self._paired(ids, start, self._head_blocks(head, hidden, 0, block_rows))
-                   for ids, start, hidden in group)
+        for g, (context, continuations) in enumerate(pack):
+            yield self._group_blocks(head, context, continuations, last[g : g + 1], tails_of[g], block_rows)
+
+    def _group_blocks(self, head, context, continuations, last, tails: list, block_rows: int):
+        """Each continuation's blocks: the context's last logits (computed once, shared by all), then its own."""
+        shared = next(self._head_blocks(head, last, 0, block_rows))
+        tails = iter(tails)
+        for c in continuations:
+            own = self._head_blocks(head, next(tails)[: len(c) - 1], 0, block_rows) if len(c) > 1 else ()
+            yield self._paired(np.concatenate([context, c]), len(context) - 1, itertools.chain([shared], own))
 
     def _head_blocks(self, head, hidden, start: int, block_rows: int):
         """The logits of ``hidden``'s rows from ``start`` on, ``block_rows`` at a time (host or device blocks)."""
@@ -199,7 +202,7 @@ class TorchBackend(Backend):
                 self.synchronize()
                 stamp.append(time.perf_counter())
                 produced.append(token)
-                if token in self.eos_token_ids:
+                if self._finished(produced):
                     break
                 step_ids = torch.tensor([[token]], device=self.device)
         return produced

@@ -229,9 +229,11 @@ def backend_lm(backend, tokenizer, max_length: int = defaults.TASK_MAX_LENGTH):
                 stops = kwargs.get("until") or []
                 stops = [stops] if isinstance(stops, str) else list(stops)
                 max_new = int(kwargs.get("max_gen_toks", defaults.TASK_MAX_GEN_TOKS))
-                # the backend stops after end-of-text, which decoding drops; the context keeps its end
+                # the backend stops after end-of-text, which decoding drops, or once a stop sequence is out;
+                # the context keeps its end
                 prompt = self.tok_encode(context)[-max(1, self.max_length - max_new):]
-                text = self.tok_decode(self.backend.generate(prompt, max_new).token_ids)
+                text = self.tok_decode(self.backend.generate(prompt, max_new, _stop_check(self.tok_decode, stops))
+                                       .token_ids)
                 out.append(_cut_at_stops(text, stops))
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), out[-1])
             return out
@@ -249,6 +251,20 @@ def _scored(blocks: Iterable, targets: Sequence[int]) -> tuple[float, bool]:
         greedy = greedy and bool(np.all(np.argmax(np.asarray(to_host(logits)), axis=1) == block_targets))
         row += logits.shape[0]
     return logprob, greedy
+
+
+def _stop_check(decode, stops: Sequence[str]):
+    """``Backend.generate``'s stop for lm-eval's stop sequences: whether the text of the tokens produced so far
+    holds one (None without any)."""
+    stops = [s for s in stops if s]
+    if not stops:
+        return None
+
+    def reached(produced: list[int]) -> bool:
+        text = decode(produced)
+        return any(s in text for s in stops)
+
+    return reached
 
 
 def _cut_at_stops(text: str, stops: Sequence[str]) -> str:
