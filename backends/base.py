@@ -7,7 +7,9 @@ block with its targets. Production scoring hands those blocks to
 ``harness.kernels`` in ``harness/measure/accuracy.py``, so every runtime's accuracy
 comes from the same math; ``logprobs`` is a convenience over the same blocks.
 ``window_logit_blocks`` hands out several windows' blocks, which a runtime may
-compute in one forward pass (llama.cpp, torch). ``start_batch`` and
+compute in one forward pass (llama.cpp, torch); ``choice_logit_blocks`` those of
+contexts each with several continuations (lm-eval's choices), a context computed
+once for all of them where the runtime can. ``start_batch`` and
 ``generate_batch`` decode several sequences together on top of a filled cache:
 an operating point (``harness.measure.efficiency.measure_point``).
 

@@ -171,11 +171,11 @@ class LlamaCppBackend(Backend):
         (in ``batch``, default the one of ``n_batch`` tokens). An item of ``seqs`` is a sequence id, or a
         tuple of the ids of the sequences that share the token (a shared context's)."""
         batch = batch or self._batch
-        for i, (token, pos, seq, want) in enumerate(zip(np.asarray(ids).tolist(), np.asarray(positions).tolist(),
-                                                        list(seqs), np.asarray(wanted).tolist())):
+        seqs = seqs.tolist() if isinstance(seqs, np.ndarray) else seqs
+        for i, (token, pos, seq, want) in enumerate(zip(ids.tolist(), positions.tolist(), seqs, wanted.tolist())):
             batch.token[i] = token
             batch.pos[i] = pos
-            owners = seq if isinstance(seq, tuple) else (int(seq),)
+            owners = seq if isinstance(seq, tuple) else (seq,)
             batch.n_seq_id[i] = len(owners)
             for j, owner in enumerate(owners):
                 batch.seq_id[i][j] = owner

@@ -106,8 +106,9 @@ class OrtBackend(Backend):
 
     def _shared_blocks(self, groups, block_rows: int):
         """A group's context appended once; each continuation appended on top of it, and the generator
-        rewound to the context's end for the next (onnxruntime-genai takes one append per sequence at a
-        batch size above 1, so the continuations cannot share a cache in one batch)."""
+        rewound to the context's end for the next. Not a batch: onnxruntime-genai takes a batch's tokens
+        in one append, so its rows could not share a context, and it pads them with the pad token, which
+        can be a real token of a request (SmolLM2's pad is its end-of-turn token)."""
         for context, continuations in groups:
             generator = self._generator(len(context) + max(len(c) for c in continuations) - 1)
             for lo in range(0, len(context), block_rows):  # only the context's last logits are wanted
@@ -120,7 +121,7 @@ class OrtBackend(Backend):
     def _continued(self, generator, last: np.ndarray, continuation: np.ndarray, depth: int, block_rows: int):
         """The context's last logits, then those of ``continuation`` but its last token appended on top of
         the context; the generator is left back at the context's ``depth``."""
-        yield last.copy()
+        yield last  # the same array for every continuation: scoring only reads it
         for lo in range(0, len(continuation) - 1, block_rows):
             generator.append_tokens(continuation[lo : min(lo + block_rows, len(continuation) - 1)].astype(np.int32))
             yield np.ascontiguousarray(generator.get_output("logits")[0], dtype=np.float32)

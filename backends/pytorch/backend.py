@@ -166,20 +166,19 @@ class TorchBackend(Backend):
                 rest = model.base_model(input_ids=to_device(inputs), attention_mask=to_device(mask),
                                         position_ids=to_device(lengths[owner, None] + torch.arange(longest)),
                                         cache=cache, use_cache=True).last_hidden_state  # (tails, longest, H)
-            tails_of = [[] for _ in pack]  # per group, each continuation's hidden states after the context's last
-            for g, hidden in zip(owners, rest if tails else ()):
-                tails_of[g].append(hidden)
-        head = model.get_output_embeddings()
-        for g, (context, continuations) in enumerate(pack):
-            yield self._group_blocks(head, context, continuations, last[g : g + 1], tails_of[g], block_rows)
-
-    def _group_blocks(self, head, context, continuations, last, tails: list, block_rows: int):
-        """Each continuation's blocks: the context's last logits (computed once, shared by all), then its own."""
-        shared = next(self._head_blocks(head, last, 0, block_rows))
-        tails = iter(tails)
-        for c in continuations:
-            own = self._head_blocks(head, next(tails)[: len(c) - 1], 0, block_rows) if len(c) > 1 else ()
-            yield self._paired(np.concatenate([context, c]), len(context) - 1, itertools.chain([shared], own))
+            # The rows the head runs on, in the order they are handed out: per group its context's last, then
+            # each continuation's own. The head runs on them block_rows at a time across groups: one row at a
+            # time, it would read its whole weight (V x H) for each context.
+            rows, tails = [], iter(rest if tails else ())
+            for g, (_, continuations) in enumerate(pack):
+                rows.append(last[g : g + 1])
+                rows += [next(tails)[: len(c) - 1] for c in continuations if len(c) > 1]
+            hidden = torch.cat(rows)
+        logits = _Rows(self._head_blocks(model.get_output_embeddings(), hidden, 0, block_rows))
+        for context, continuations in pack:
+            shared = next(logits.take(1))  # the context's last logits, for every continuation
+            yield (self._paired(np.concatenate([context, c]), len(context) - 1,
+                                itertools.chain([shared], logits.take(len(c) - 1))) for c in continuations)
 
     def _head_blocks(self, head, hidden, start: int, block_rows: int):
         """The logits of ``hidden``'s rows from ``start`` on, ``block_rows`` at a time (host or device blocks)."""
@@ -248,6 +247,23 @@ class TorchBackend(Backend):
             self._many = DynamicCache(config=self._native.config)
         else:
             self._many.crop(self._depth - self._many.get_seq_length())  # crop takes minus the tokens to drop
+
+
+class _Rows:
+    """Rows of logit blocks handed out in order, as many at a time as asked, a block computed when reached."""
+
+    def __init__(self, blocks: Iterator):
+        self._blocks, self._block, self._at = blocks, None, 0
+
+    def take(self, n: int) -> Iterator:
+        """The next ``n`` rows, as views of one block or pieces of two (each view keeps its block alive)."""
+        while n > 0:
+            if self._block is None or self._at == len(self._block):
+                self._block, self._at = next(self._blocks), 0
+            k = min(n, len(self._block) - self._at)
+            rows = self._block[self._at : self._at + k]
+            self._at, n = self._at + k, n - k  # before the yield: a caller may take one piece and stop
+            yield rows
 
 
 def _shares_pack(pack: list, group: tuple) -> bool:
