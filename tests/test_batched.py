@@ -158,12 +158,19 @@ def test_choices_sharing_their_context_score_as_each_choice_alone(prepared, toke
     assert off_shared <= off_alone + 0.01
 
 
-def test_llamacpp_scores_a_group_too_long_to_pack_as_windows(prepared, token_ids_pool):
-    """A group of more tokens than score_batch is scored choice by choice, as windows, bit for bit."""
+@pytest.mark.parametrize("too", ("long", "many"))
+def test_llamacpp_scores_a_group_too_long_to_pack_as_windows(prepared, token_ids_pool, too):
+    """A group of more tokens than score_batch, or of more choices than a pack's sequences, is scored choice by
+    choice, as windows, bit for bit."""
     from harness.backends import SETTINGS_CLASSES
+    from harness.backends.llamacpp.backend import MAX_SHARED_SEQUENCES
 
     groups = _choice_groups(token_ids_pool)
-    settings = SETTINGS_CLASSES["llamacpp"](score_batch=128)  # the second group (150 + 44 tokens) is too long
+    if too == "long":
+        settings = SETTINGS_CLASSES["llamacpp"](score_batch=128)  # the second group (150 + 44 tokens) is too long
+    else:
+        settings, (context, cs) = None, groups[1]
+        groups[1] = (context, (cs * MAX_SHARED_SEQUENCES)[: MAX_SHARED_SEQUENCES + 1])
     with open_backend(prepared["llamacpp-f32"], threads=1, settings=settings) as backend:
         shared = [_choice_nll(blocks) for group in backend.choice_logit_blocks(groups) for blocks in group]
         context, cs = groups[1]

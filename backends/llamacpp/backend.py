@@ -289,7 +289,8 @@ class LlamaCppBackend(Backend):
         """Groups packed into one ``llama_decode`` while their tokens fit ``score_batch``, as
         llama-perplexity's ``--hellaswag`` packs its tasks: a context's tokens once, belonging to every one of
         its continuations' sequences, each continuation's tokens in a sequence of its own, in one cache
-        shared by all (unified) and one micro-batch. A group too long for a pack is scored as windows.
+        shared by all (unified) and one micro-batch. A group too long for a pack, or of more continuations
+        than a pack's sequences, is scored as windows.
 
         Against scoring each choice alone, the logits move: with flash attention llama.cpp's CPU kernel
         computes a row differently by how many cache cells its decode attends over (below about 64 cells
@@ -298,7 +299,7 @@ class LlamaCppBackend(Backend):
         nats, again as far from F32 as alone. Which other groups share a pack changes nothing.
         """
         for pack in packs(groups, self._shares_pack):
-            if _group_tokens(pack[0]) > self.settings.score_batch:
+            if _group_tokens(pack[0]) > self.settings.score_batch or len(pack[0][1]) > MAX_SHARED_SEQUENCES:
                 yield from super()._shared_blocks(pack, block_rows)
             else:
                 yield from self._shared_pack(pack, block_rows)
