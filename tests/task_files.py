@@ -16,6 +16,17 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen")
 
 
+# A multiple-choice task's metrics: accuracy, and accuracy with each choice's log-likelihood per character.
+CHOICE_METRICS = """metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
 def _write_jsonl(path: Path, docs: list[dict]) -> None:
     path.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
 
@@ -36,14 +47,7 @@ def multiple_choice(folder: Path, docs: int = 40, seed: int = 0, name: str = "ha
 doc_to_text: "Question: {{question}}\\nAnswer:"
 doc_to_choice: "{{choices}}"
 doc_to_target: "{{answer}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-""")
+""" + CHOICE_METRICS)
 
 
 NAMES = ("Ann", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana")
@@ -71,14 +75,7 @@ doc_to_text: "{{context}}"
 doc_to_choice: "{{endings}}"
 doc_to_target: "{{answer}}"
 target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-""")
+""" + CHOICE_METRICS)
 
 
 def _counting(docs: int, seed: int) -> list[dict]:

@@ -169,10 +169,10 @@ class TorchBackend(Backend):
             # The rows the head runs on, in the order they are handed out: per group its context's last, then
             # each continuation's own. The head runs on them block_rows at a time across groups: one row at a
             # time, it would read its whole weight (V x H) for each context.
-            rows, tails = [], iter(rest if tails else ())
+            rows, own = [], iter(rest if tails else ())  # own: each continuation's hidden states, in order
             for g, (_, continuations) in enumerate(pack):
                 rows.append(last[g : g + 1])
-                rows += [next(tails)[: len(c) - 1] for c in continuations if len(c) > 1]
+                rows += [next(own)[: len(c) - 1] for c in continuations if len(c) > 1]
             hidden = torch.cat(rows)
         logits = _Rows(self._head_blocks(model.get_output_embeddings(), hidden, 0, block_rows))
         for context, continuations in pack:
